@@ -1,0 +1,351 @@
+"""One frozen settings object, read from the environment once, at the edge.
+
+Every setting is an environment variable ``DMWORKER_*``; units are part of the names
+(``_s`` seconds, ``_ms`` milliseconds).  :func:`Settings.from_env` raises
+:class:`ConfigError` naming the variable and what it expected when a value is bad, so a
+process fails at start instead of at its first send.
+
+Tokens live here and only here: they are never written to Redis, to a job payload, to a
+log line or to an error message (``repr`` of an :class:`AccountConfig` hides them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_GRAPH_URL = "https://graph.instagram.com/v25.0"
+
+RATE_CLASSES = ("text", "media", "private_reply", "conversations")
+DEFAULT_RATES = {
+    "text": "100/s",
+    "media": "10/s",
+    "private_reply": "750/h",
+    "conversations": "2/s",
+}
+
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|m|min|h|hour)\s*$")
+_PERIOD_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A rate limit: ``count`` calls per ``period_s`` seconds (parsed from ``"N/s"``)."""
+
+    count: float
+    period_s: float
+
+    @property
+    def interval_us(self) -> int:
+        """Microseconds between two calls at the steady rate."""
+        return max(1, round(self.period_s * 1_000_000 / self.count))
+
+    def __str__(self) -> str:
+        unit = {1: "s", 60: "m", 3600: "h"}.get(int(self.period_s), f"{self.period_s}s")
+        count = int(self.count) if float(self.count).is_integer() else self.count
+        return f"{count}/{unit}"
+
+
+def parse_rate(value: str, name: str = "rate") -> Rate:
+    """Parse a Celery-style rate string (``"100/s"``, ``"750/h"``, ``"30/5m"``).
+
+    Raises:
+        ConfigError: naming ``name`` when the string is not of that form or is not positive.
+    """
+    m = _RATE_RE.match(str(value))
+    if not m:
+        raise ConfigError(f"{name}: expected a rate like '100/s', '30/m' or '750/h', got {value!r}")
+    count = float(m.group(1))
+    mult = int(m.group(2)) if m.group(2) else 1
+    if count <= 0 or mult <= 0:
+        raise ConfigError(f"{name}: the rate must be positive, got {value!r}")
+    return Rate(count=count, period_s=float(_PERIOD_S[m.group(3)] * mult))
+
+
+def token_fingerprint(token: str) -> str:
+    """A short, non-reversible fingerprint of a token (safe to store and log)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    """One Instagram professional account: its token and per-account overrides."""
+
+    account_id: str
+    access_token: str = field(repr=False)
+    graph_url: str | None = None
+    rates: Mapping[str, Rate] = field(default_factory=dict)
+    burst: int | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return token_fingerprint(self.access_token)
+
+    def __repr__(self) -> str:  # never show the token
+        return f"AccountConfig(account_id={self.account_id!r}, token=<redacted {self.fingerprint}>)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a dmworker process needs; build it with :meth:`from_env`."""
+
+    redis_url: str | None = None
+    key_prefix: str = "dmw"
+    broker_url: str | None = None
+    data_dir: str = str(Path.home() / ".local" / "share" / "dmworker")
+    graph_url: str = DEFAULT_GRAPH_URL
+    accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
+    default_account: str | None = None
+    http_connect_timeout_s: float = 3.05
+    http_read_timeout_s: float = 10.0
+    http_pool_size: int = 64
+    lease_ms: int = 30_000
+    dispatch_grace_ms: int = 10_000
+    max_attempts: int = 8
+    max_age_s: float = 86_400.0
+    backoff_base_ms: int = 1_000
+    backoff_cap_ms: int = 300_000
+    throttle_pause_s: float = 60.0
+    policy_block_pause_s: float = 3_600.0
+    rates: Mapping[str, Rate] = field(default_factory=lambda: {
+        k: parse_rate(v) for k, v in DEFAULT_RATES.items()
+    })
+    rate_burst: int = 5
+    usage_slowdown_pct: int = 80
+    thread_min_interval_ms: int = 0
+    window_policy: str = "enforce"
+    retention_s: int = 7 * 86_400
+    scheduler_tick_ms: int = 50
+    embedded_scheduler: bool = True
+    lane_batch: int = 50
+    worker_concurrency: int = 32
+    worker_pool: str = "threads"
+    verify_token: str | None = field(default=None, repr=False)
+    app_secret: str | None = field(default=None, repr=False)
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    event_task: str | None = None
+    event_callback: str | None = None
+    max_body_bytes: int = 1_048_576
+    log_format: str = "plain"
+    log_level: str = "INFO"
+
+    # ------------------------------------------------------------------ lookups
+    def account(self, account_id: str | None = None) -> AccountConfig:
+        """The configuration of ``account_id`` (or of the default account).
+
+        Raises:
+            ConfigError: when no such account is configured.
+        """
+        acct = account_id or self.default_account
+        if acct is None:
+            raise ConfigError(
+                "no account given and none configured: set DMWORKER_ACCOUNT_ID and "
+                "DMWORKER_ACCESS_TOKEN, or DMWORKER_ACCOUNTS_FILE"
+            )
+        try:
+            return self.accounts[acct]
+        except KeyError:
+            raise ConfigError(f"account {acct!r} is not configured") from None
+
+    def rate_for(self, account_id: str, klass: str) -> Rate:
+        """The rate limit of ``klass`` for ``account_id`` (account override first)."""
+        acct = self.accounts.get(account_id)
+        if acct is not None and klass in acct.rates:
+            return acct.rates[klass]
+        return self.rates[klass]
+
+    def burst_for(self, account_id: str) -> int:
+        acct = self.accounts.get(account_id)
+        if acct is not None and acct.burst is not None:
+            return acct.burst
+        return self.rate_burst
+
+    def graph_url_for(self, account_id: str) -> str:
+        acct = self.accounts.get(account_id)
+        return (acct.graph_url if acct and acct.graph_url else self.graph_url).rstrip("/")
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced (tests, CLI flags)."""
+        return replace(self, **changes)
+
+    # --------------------------------------------------------------- building
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``DMWORKER_*`` variable once.
+
+        Raises:
+            ConfigError: naming the variable and what it expected, for any bad value.
+        """
+        e = dict(os.environ if env is None else env)
+        r = _Reader(e)
+        rates = {k: parse_rate(DEFAULT_RATES[k]) for k in RATE_CLASSES}
+        for k in RATE_CLASSES:
+            var = f"DMWORKER_RATE_{k.upper()}"
+            if e.get(var):
+                rates[k] = parse_rate(e[var], var)
+        accounts: dict[str, AccountConfig] = {}
+        default_account = r.str("DMWORKER_ACCOUNT_ID")
+        token = r.str("DMWORKER_ACCESS_TOKEN")
+        if token and not default_account:
+            default_account = "me"
+        if default_account and token:
+            accounts[default_account] = AccountConfig(default_account, token)
+        path = r.str("DMWORKER_ACCOUNTS_FILE")
+        if path:
+            for acct in _load_accounts_file(path):
+                accounts[acct.account_id] = acct
+        if default_account is None and len(accounts) == 1:
+            default_account = next(iter(accounts))
+        policy = r.choice("DMWORKER_WINDOW_POLICY", ("enforce", "trust"), "enforce")
+        read_timeout = r.float("DMWORKER_HTTP_READ_TIMEOUT_S", 10.0)
+        lease_ms = r.int("DMWORKER_LEASE_MS", 30_000)
+        if lease_ms < read_timeout * 1000 * 1.5:
+            raise ConfigError(
+                f"DMWORKER_LEASE_MS: expected at least 1.5 x DMWORKER_HTTP_READ_TIMEOUT_S "
+                f"({int(read_timeout * 1500)} ms), got {lease_ms}"
+            )
+        tokens = tuple(t.strip() for t in (r.str("DMWORKER_API_TOKENS") or "").split(",") if t.strip())
+        return cls(
+            redis_url=r.str("DMWORKER_REDIS_URL"),
+            key_prefix=r.str("DMWORKER_KEY_PREFIX") or "dmw",
+            broker_url=r.str("DMWORKER_BROKER_URL"),
+            data_dir=r.str("DMWORKER_DATA_DIR") or str(Path.home() / ".local" / "share" / "dmworker"),
+            graph_url=(r.str("DMWORKER_GRAPH_URL") or DEFAULT_GRAPH_URL).rstrip("/"),
+            accounts=accounts,
+            default_account=default_account,
+            http_connect_timeout_s=r.float("DMWORKER_HTTP_CONNECT_TIMEOUT_S", 3.05),
+            http_read_timeout_s=read_timeout,
+            http_pool_size=r.int("DMWORKER_HTTP_POOL_SIZE", 64),
+            lease_ms=lease_ms,
+            dispatch_grace_ms=r.int("DMWORKER_DISPATCH_GRACE_MS", 10_000),
+            max_attempts=r.int("DMWORKER_MAX_ATTEMPTS", 8),
+            max_age_s=r.float("DMWORKER_MAX_AGE_S", 86_400.0),
+            backoff_base_ms=r.int("DMWORKER_BACKOFF_BASE_MS", 1_000),
+            backoff_cap_ms=r.int("DMWORKER_BACKOFF_CAP_MS", 300_000),
+            throttle_pause_s=r.float("DMWORKER_THROTTLE_PAUSE_S", 60.0),
+            policy_block_pause_s=r.float("DMWORKER_POLICY_BLOCK_PAUSE_S", 3_600.0),
+            rates=rates,
+            rate_burst=r.int("DMWORKER_RATE_BURST", 5, minimum=1),
+            usage_slowdown_pct=r.int("DMWORKER_USAGE_SLOWDOWN_PCT", 80),
+            thread_min_interval_ms=r.int("DMWORKER_THREAD_MIN_INTERVAL_MS", 0, minimum=0),
+            window_policy=policy,
+            retention_s=r.int("DMWORKER_RETENTION_S", 7 * 86_400),
+            scheduler_tick_ms=r.int("DMWORKER_SCHEDULER_TICK_MS", 50),
+            embedded_scheduler=r.bool("DMWORKER_EMBEDDED_SCHEDULER", True),
+            lane_batch=r.int("DMWORKER_LANE_BATCH", 50),
+            worker_concurrency=r.int("DMWORKER_WORKER_CONCURRENCY", 32),
+            worker_pool=r.choice("DMWORKER_WORKER_POOL", ("threads", "gevent", "prefork", "solo"), "threads"),
+            verify_token=r.str("DMWORKER_VERIFY_TOKEN"),
+            app_secret=r.str("DMWORKER_APP_SECRET"),
+            api_tokens=tokens,
+            event_task=r.str("DMWORKER_EVENT_TASK"),
+            event_callback=r.str("DMWORKER_EVENT_CALLBACK"),
+            max_body_bytes=r.int("DMWORKER_MAX_BODY_BYTES", 1_048_576),
+            log_format=r.choice("DMWORKER_LOG_FORMAT", ("plain", "json"), "plain"),
+            log_level=r.choice(
+                "DMWORKER_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True
+            ),
+        )
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def str(self, name: str) -> str | None:
+        v = self.env.get(name)
+        return v if v not in (None, "") else None
+
+    def int(self, name: str, default: int, minimum: int = 1) -> int:
+        v = self.str(name)
+        if v is None:
+            return default
+        try:
+            out = int(v)
+        except ValueError:
+            raise ConfigError(f"{name}: expected an integer, got {v!r}") from None
+        if out < minimum:
+            raise ConfigError(f"{name}: expected an integer >= {minimum}, got {v!r}")
+        return out
+
+    def float(self, name: str, default: float) -> float:
+        v = self.str(name)
+        if v is None:
+            return default
+        try:
+            out = float(v)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number, got {v!r}") from None
+        if not out > 0:
+            raise ConfigError(f"{name}: expected a positive number, got {v!r}")
+        return out
+
+    def bool(self, name: str, default: bool) -> bool:
+        v = self.str(name)
+        if v is None:
+            return default
+        low = v.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {v!r}")
+
+    def choice(
+        self, name: str, options: tuple[str, ...], default: str, upper: bool = False
+    ) -> str:
+        v = self.str(name)
+        if v is None:
+            return default
+        v = v.upper() if upper else v.lower()
+        if v not in options:
+            raise ConfigError(f"{name}: expected one of {', '.join(options)}, got {v!r}")
+        return v
+
+
+def _load_accounts_file(path: str) -> list[AccountConfig]:
+    var = "DMWORKER_ACCOUNTS_FILE"
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{var}: file {path!r} does not exist") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{var}: expected a JSON object in {path!r}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{var}: expected a JSON object of account id -> settings in {path!r}")
+    out = []
+    for acct_id, conf in raw.items():
+        where = f"{var} ({path}) account {acct_id!r}"
+        if not isinstance(conf, dict) or not isinstance(conf.get("access_token"), str):
+            raise ConfigError(f"{where}: expected an object with a string 'access_token'")
+        unknown = set(conf) - {"access_token", "graph_url", "rates", "burst"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+        rates = {}
+        for k, v in (conf.get("rates") or {}).items():
+            if k not in RATE_CLASSES:
+                raise ConfigError(f"{where}: unknown rate class {k!r} (one of {RATE_CLASSES})")
+            rates[k] = parse_rate(v, f"{where} rates.{k}")
+        burst = conf.get("burst")
+        if burst is not None and (not isinstance(burst, int) or burst < 1):
+            raise ConfigError(f"{where}: 'burst' must be an integer >= 1")
+        out.append(
+            AccountConfig(
+                account_id=str(acct_id),
+                access_token=conf["access_token"],
+                graph_url=conf.get("graph_url"),
+                rates=rates,
+                burst=burst,
+            )
+        )
+    return out
