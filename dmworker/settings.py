@@ -110,7 +110,7 @@ class Settings:
     http_read_timeout_s: float = 10.0
     http_pool_size: int = 64
     lease_ms: int = 30_000
-    dispatch_grace_ms: int = 10_000
+    dispatch_grace_ms: int = 30_000
     max_attempts: int = 8
     max_age_s: float = 86_400.0
     backoff_base_ms: int = 1_000
@@ -123,7 +123,7 @@ class Settings:
     rate_burst: int = 5
     usage_slowdown_pct: int = 80
     thread_min_interval_ms: int = 0
-    window_policy: str = "enforce"
+    window_policy: str = "auto"
     retention_s: int = 7 * 86_400
     scheduler_tick_ms: int = 50
     embedded_scheduler: bool = True
@@ -206,7 +206,7 @@ class Settings:
                 accounts[acct.account_id] = acct
         if default_account is None and len(accounts) == 1:
             default_account = next(iter(accounts))
-        policy = r.choice("DMWORKER_WINDOW_POLICY", ("enforce", "trust"), "enforce")
+        policy = r.choice("DMWORKER_WINDOW_POLICY", ("auto", "enforce", "trust"), "auto")
         read_timeout = r.float("DMWORKER_HTTP_READ_TIMEOUT_S", 10.0)
         lease_ms = r.int("DMWORKER_LEASE_MS", 30_000)
         if lease_ms < read_timeout * 1000 * 1.5:
@@ -227,7 +227,7 @@ class Settings:
             http_read_timeout_s=read_timeout,
             http_pool_size=r.int("DMWORKER_HTTP_POOL_SIZE", 64),
             lease_ms=lease_ms,
-            dispatch_grace_ms=r.int("DMWORKER_DISPATCH_GRACE_MS", 10_000),
+            dispatch_grace_ms=r.int("DMWORKER_DISPATCH_GRACE_MS", 30_000),
             max_attempts=r.int("DMWORKER_MAX_ATTEMPTS", 8),
             max_age_s=r.float("DMWORKER_MAX_AGE_S", 86_400.0),
             backoff_base_ms=r.int("DMWORKER_BACKOFF_BASE_MS", 1_000),

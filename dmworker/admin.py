@@ -1,0 +1,164 @@
+"""Operator views: dead letters (list, show, replay, purge) and per-account state.
+
+The same functions back ``dmworker dlq ...``, ``dmworker accounts`` and the HTTP API.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import JobNotFoundError
+from .jobs import JobStatus
+from .keys import account_of_job
+from .lanes import LaneStore
+from .settings import RATE_CLASSES
+
+
+class DeadLetters:
+    """The dead-letter queue of every account (jobs that failed for good, with their reason)."""
+
+    def __init__(self, store: LaneStore, publish: Any = None) -> None:
+        self.store = store
+        self._publish = publish
+
+    def accounts(self) -> list[str]:
+        return sorted(self.store.redis.smembers(self.store.keys.accounts))
+
+    def list(self, account: str | None = None, limit: int = 100) -> list[JobStatus]:
+        """Dead letters, newest first (at most ``limit``)."""
+        out: list[JobStatus] = []
+        for acct in [account] if account else self.accounts():
+            k = self.store.acct(acct)
+            ids = self.store.redis.zrevrange(k.dlq, 0, limit - 1)
+            if not ids:
+                continue
+            sts = self.store.redis.hmget(k.status, ids)
+            jobs = self.store.redis.hmget(k.jobs, ids)
+            for jid, st, job in zip(ids, sts, jobs, strict=True):
+                if st:
+                    out.append(JobStatus.from_redis(jid, acct, st, job))
+        out.sort(key=lambda s: s.updated_ms, reverse=True)
+        return out[:limit]
+
+    def count(self, account: str | None = None) -> int:
+        return sum(self.store.redis.zcard(self.store.acct(a).dlq)
+                   for a in ([account] if account else self.accounts()))
+
+    def show(self, job_id: str) -> tuple[JobStatus, dict[str, Any] | None]:
+        """A dead letter's status and its stored job (payload, no token).
+
+        Raises:
+            JobNotFoundError: when the job is not in the dead-letter queue.
+        """
+        acct = account_of_job(job_id)
+        k = self.store.acct(acct)
+        if self.store.redis.zscore(k.dlq, job_id) is None:
+            raise JobNotFoundError(job_id)
+        st, job = self.store.redis.hget(k.status, job_id), self.store.redis.hget(k.jobs, job_id)
+        if st is None:
+            raise JobNotFoundError(job_id)
+        return JobStatus.from_redis(job_id, acct, st, job), (json.loads(job) if job else None)
+
+    def replay(self, job_id: str) -> None:
+        """Put a dead letter back at the tail of its recipient's lane (attempts reset).
+
+        Raises:
+            JobNotFoundError: when the job is not in the dead-letter queue.
+        """
+        status, _ = self.show(job_id)
+        got = self.store.replay(status.account, job_id, status.recipient)
+        if got == "notfound":
+            raise JobNotFoundError(job_id)
+        if got:
+            self._do_publish(status.account, status.recipient)
+
+    def purge(self, account: str | None = None) -> int:
+        """Forget every dead letter (of ``account``); returns how many."""
+        n = 0
+        for acct in [account] if account else self.accounts():
+            k = self.store.acct(acct)
+            ids = self.store.redis.zrange(k.dlq, 0, -1)
+            if ids:
+                pipe = self.store.redis.pipeline()
+                pipe.zrem(k.dlq, *ids)
+                pipe.hdel(k.jobs, *ids)
+                pipe.hdel(k.status, *ids)
+                pipe.execute()
+                n += len(ids)
+        return n
+
+    def _do_publish(self, account: str, recipient: str) -> None:
+        if self._publish is not None:
+            self._publish(account, recipient)
+            return
+        from .celery_app import publish
+
+        publish(account, recipient)
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """One account as an operator sees it.  Times are epoch milliseconds."""
+
+    account: str
+    configured: bool
+    limits: dict[str, str]
+    burst: int
+    usage_pct: int | None
+    slowdown: float
+    paused_until_ms: int | None
+    pause_reason: str | None
+    pause_detail: str | None
+    backlog_lanes: int
+    scheduled: int
+    dead_letters: int
+    stats: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def account_states(store: LaneStore) -> list[AccountState]:
+    """Limits, current usage, pause (until when and why) and backlog of every known account."""
+    s = store.settings
+    r = store.redis
+    known = set(r.smembers(store.keys.accounts)) | set(s.accounts)
+    sec, usec = r.time()
+    now = int(sec) * 1000 + int(usec) // 1000
+    out = []
+    for acct in sorted(known):
+        k = store.acct(acct)
+        pipe = r.pipeline(transaction=False)
+        pipe.hgetall(k.pause)
+        pipe.hget(k.usage, "call_count_pct")
+        pipe.hget(k.limiter, "slow")
+        pipe.zcard(k.ready)
+        pipe.zcard(k.sched)
+        pipe.zcard(k.dlq)
+        pipe.hgetall(k.stats)
+        pause, usage, slow, lanes, sched, dlq, stats = pipe.execute()
+        until = int(pause["until"]) if pause.get("until") else None
+        active = until is not None and (until > now or pause.get("reason") == "token_invalid")
+        out.append(AccountState(
+            account=acct,
+            configured=acct in s.accounts,
+            limits={c: str(s.rate_for(acct, c)) for c in RATE_CLASSES},
+            burst=s.burst_for(acct),
+            usage_pct=int(usage) if usage else None,
+            slowdown=float(slow or 1),
+            paused_until_ms=until if active else None,
+            pause_reason=pause.get("reason") if active else None,
+            pause_detail=pause.get("detail") if active else None,
+            backlog_lanes=int(lanes),
+            scheduled=int(sched),
+            dead_letters=int(dlq),
+            stats={kk: float(v) for kk, v in stats.items()},
+        ))
+    return out
+
+
+def resume_account(store: LaneStore, account: str) -> bool:
+    """Lift an account pause by hand (e.g. after replacing its token); True if one was lifted."""
+    return bool(store.redis.delete(store.acct(account).pause))

@@ -1,0 +1,114 @@
+"""dmworker's Celery app: ``celery -A dmworker.celery_app worker`` (or ``dmworker worker``).
+
+Celery is transport only.  The one task, ``dmworker.process_lane(account, recipient)``, means
+"lane X may have work"; the lane itself (jobs, order, attempts, waits) lives in Redis, so a
+lost or duplicated Celery message never loses, duplicates or reorders a send.  JSON only, late
+acks, no result backend.  Configuration is read from the environment when the app is first
+configured, not at import.  Each worker process also runs a dispatcher thread (promotes due
+follow-ups, wakes waiting lanes) unless ``DMWORKER_EMBEDDED_SCHEDULER=false``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+from . import redisconn
+from .runtime import get_runtime
+
+log = logging.getLogger("dmworker.celery")
+
+app = Celery("dmworker", set_as_current=False)
+
+
+def celery_config() -> dict[str, Any]:
+    """The Celery settings dmworker needs, built from the process's settings."""
+    settings = get_runtime().settings
+    broker = redisconn.broker_url(settings)
+    queue = f"{settings.key_prefix}.lanes"
+    conf: dict[str, Any] = {
+        "broker_url": broker,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_default_queue": queue,
+        "task_routes": {"dmworker.process_lane": {"queue": queue}},
+        "worker_prefetch_multiplier": 4,
+        "worker_pool": settings.worker_pool,
+        "worker_concurrency": settings.worker_concurrency,
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "task_create_missing_queues": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+    }
+    if broker.startswith(("redis", "rediss", "redis+socket")):
+        conf["broker_transport_options"] = {
+            "global_keyprefix": f"{settings.key_prefix}:celery:",
+            "visibility_timeout": 3600,
+        }
+    return conf
+
+
+app.add_defaults(celery_config)
+
+
+def publish(account: str, recipient: str) -> None:
+    """Tell the workers that lane (account, recipient) has work."""
+    process_lane.apply_async((account, recipient))
+
+
+@app.task(name="dmworker.process_lane", acks_late=True, ignore_result=True)
+def process_lane(account: str, recipient: str) -> str:
+    """Deliver what lane (account, recipient) holds; returns how the visit ended."""
+    from .worker import LaneWorker
+
+    rt = get_runtime()
+    worker = _lane_worker()
+    if worker is None or worker.store is not rt.store:
+        worker = _set_lane_worker(LaneWorker(rt.settings, rt.store))
+    return worker.run_lane(account, recipient, publish).ended
+
+
+_worker_lock = threading.Lock()
+_worker: Any = None
+_dispatch_stop: threading.Event | None = None
+
+
+def _lane_worker() -> Any:
+    return _worker
+
+
+def _set_lane_worker(w: Any) -> Any:
+    global _worker
+    with _worker_lock:
+        if _worker is None or _worker.store is not w.store:
+            _worker = w
+    return _worker
+
+
+@worker_ready.connect
+def _start_dispatcher(sender: Any = None, **_: Any) -> None:
+    global _dispatch_stop
+    rt = get_runtime()
+    if not rt.settings.embedded_scheduler:
+        return
+    from .dispatcher import Dispatcher, start_thread
+
+    hostname = getattr(sender, "hostname", None)
+    _, _dispatch_stop = start_thread(Dispatcher(rt.store, publish, name=hostname))
+    log.info("dispatcher thread started")
+
+
+@worker_shutdown.connect
+def _stop_dispatcher(**_: Any) -> None:
+    if _dispatch_stop is not None:
+        _dispatch_stop.set()

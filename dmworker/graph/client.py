@@ -1,0 +1,242 @@
+"""``InstagramClient``: one synchronous, pooled HTTP client of the Instagram Graph API.
+
+The token travels only in an ``Authorization: Bearer`` header, added to each request by a
+``requests`` auth object: never in a URL (so urllib3's DEBUG lines, which print URLs, cannot show
+it), never in a log line, never in an exception (:func:`~dmworker.graph.errors.map_error` redacts).
+Redirects are not followed. Every failure (non-2xx, timeout, connection error, 2xx without the
+expected JSON) raises a :class:`~dmworker.graph.errors.GraphError` subclass.
+
+    with InstagramClient(token) as client:
+        result = client.messaging.send_text("1784...", "Hello")
+        for conv in client.conversations.list(limit=50):
+            ...
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError
+
+from ..settings import token_fingerprint
+from .conversations import Conversations
+from .errors import GraphError, map_error
+from .messaging import Messaging
+from .usage import EMPTY_USAGE, Usage, parse_usage
+
+DEFAULT_BASE_URL = "https://graph.instagram.com/v25.0"
+log = logging.getLogger("dmworker.graph")
+
+
+@dataclass(frozen=True)
+class GraphReply:
+    """A successful (2xx, JSON object) answer: its parsed body, usage headers and status."""
+
+    data: dict[str, Any]
+    usage: Usage = EMPTY_USAGE
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    """Adds ``Authorization: Bearer <token>`` to one prepared request; its repr hides the token."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return f"<BearerAuth {token_fingerprint(self._token)}>"
+
+
+class InstagramClient:
+    """A client of one account's Graph API: ``.messaging`` (Send API) and ``.conversations``.
+
+    Args:
+        access_token: the Instagram user (or Page) access token; sent only as a Bearer header.
+        base_url: scheme, host and version, e.g. ``https://graph.instagram.com/v25.0``.
+        account_id: the IG user / Page id in paths, or ``"me"``.
+        session: a ``requests.Session`` to use (not closed by :meth:`close`); default: an own
+            pooled session (``pool_size`` connections per host, no urllib3 retries, no cookies).
+        connect_timeout_s / read_timeout_s: seconds, applied to every call.
+        pool_size: the most connections kept open per host.
+
+    Raises:
+        ValueError: for an empty token, a base URL without scheme and host, or non-positive numbers.
+    """
+
+    def __init__(
+        self,
+        access_token: str,
+        base_url: str = DEFAULT_BASE_URL,
+        account_id: str = "me",
+        session: requests.Session | None = None,
+        connect_timeout_s: float = 3.05,
+        read_timeout_s: float = 10.0,
+        pool_size: int = 64,
+    ) -> None:
+        if not isinstance(access_token, str) or not access_token.strip():
+            raise ValueError("access_token must be a non-empty string")
+        base = urlsplit(base_url)
+        if base.scheme not in ("http", "https") or not base.netloc:
+            raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+        if not (connect_timeout_s > 0 and read_timeout_s > 0 and pool_size >= 1):
+            raise ValueError("timeouts must be > 0 seconds and pool_size >= 1")
+        if not account_id or "/" in account_id:
+            raise ValueError(f"account_id must be an id or 'me', got {account_id!r}")
+        self._token = access_token
+        self._auth = _BearerAuth(access_token)
+        self.base_url = base_url.rstrip("/")
+        self.account_id = account_id
+        self.timeout: tuple[float, float] = (connect_timeout_s, read_timeout_s)
+        self._owns_session = session is None
+        self._session = session if session is not None else _pooled_session(pool_size)
+        self.messaging = Messaging(self)
+        self.conversations = Conversations(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"InstagramClient(base_url={self.base_url!r}, account_id={self.account_id!r}, "
+            f"token=<redacted {token_fingerprint(self._token)}>)"
+        )
+
+    def close(self) -> None:
+        """Close the pooled session (a session passed in is left open for its owner)."""
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> InstagramClient:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def url(self, *segments: str) -> str:
+        """``base_url`` joined with path segments, each percent-quoted (an id cannot escape its segment)."""
+        return "/".join([self.base_url, *(quote(str(s), safe="!$&'()*+,;=:@") for s in segments)])
+
+    def same_origin(self, url: str) -> bool:
+        """True when ``url`` has the scheme and host of ``base_url`` (safe to send the token to)."""
+        a, b = urlsplit(url), urlsplit(self.base_url)
+        return (a.scheme.lower(), a.netloc.lower()) == (b.scheme.lower(), b.netloc.lower())
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> GraphReply:
+        """One call: ``body`` is sent as JSON; timeouts ``(connect_timeout_s, read_timeout_s)``.
+
+        ``url`` must be on ``base_url``'s host; an ``access_token`` in its query is dropped.
+
+        Returns the parsed 2xx JSON object with its usage headers.
+
+        Raises:
+            GraphError: the subclass chosen by :func:`~dmworker.graph.errors.map_error` for any
+                non-2xx answer, timeout, connection failure, or 2xx without a JSON object
+                (:class:`~dmworker.graph.errors.OutcomeUnknownError`).
+            ValueError: ``url`` is on another host, or ``body`` is not JSON-serialisable.
+        """
+        if not self.same_origin(url):
+            raise ValueError("refusing to send the token to a URL outside base_url's host")
+        url = _without_token(url)
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            headers["Content-Type"] = "application/json"
+        path = urlsplit(url).path
+        started = time.monotonic()
+        error: GraphError | None = None
+        try:
+            resp = self._session.request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                auth=self._auth,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except OSError as exc:  # requests' exceptions are OSErrors
+            error = map_error(exc=exc, sent=_maybe_sent(exc), secrets=(self._token,))
+        if error is not None:  # raised outside the except block: no chained requests objects
+            log.debug("%s %s failed after %.0f ms: %r", method, path, _ms(started), error)
+            raise error
+        with resp:
+            log.debug("%s %s -> %d (%.0f ms)", method, path, resp.status_code, _ms(started))
+            reply = self._reply(resp)
+        return reply
+
+    def _reply(self, resp: requests.Response) -> GraphReply:
+        status, raw = resp.status_code, resp.content
+        if 200 <= status < 300:
+            try:
+                payload = json.loads(raw)
+            except (ValueError, RecursionError):
+                payload = None
+            if isinstance(payload, dict) and "error" not in payload:
+                return GraphReply(payload, parse_usage(resp.headers), status, resp.headers)
+        raise map_error(status=status, headers=resp.headers, body=raw, secrets=(self._token,))
+
+
+def _pooled_session(pool_size: int) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return session
+
+
+def _maybe_sent(exc: BaseException) -> bool:
+    """Could the request have reached the server before ``exc``? (With 0 retries urllib3 wraps
+    connect-phase failures in ``MaxRetryError``; failures after writing arrive as protocol errors.)"""
+    if isinstance(
+        exc,
+        (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError, requests.exceptions.ProxyError),
+    ):
+        return False
+    if isinstance(
+        exc,
+        (
+            requests.exceptions.ReadTimeout,
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+        ),
+    ):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return not (exc.args and isinstance(exc.args[0], MaxRetryError))
+    return False
+
+
+def _without_token(url: str) -> str:
+    parts = urlsplit(url)
+    if "access_token" not in parts.query:
+        return url
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "access_token"]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _ms(started: float) -> float:
+    return (time.monotonic() - started) * 1000

@@ -1,0 +1,248 @@
+"""The lane store: typed Python calls over the Lua scripts (one Redis round trip each).
+
+A *lane* is the FIFO of one (account, recipient).  At most one worker holds a lane (a lease
+with an expiry); the ``ready`` sorted set of the account says when each non-empty lane should
+next be looked at, which is how waits (typing pause, backoff, rate limit, account pause) hold
+no worker: the lane is released with a wake-up time and dispatched again when it comes.
+
+Every method takes ``now_ms`` (``None`` = the Redis server's clock) so tests inject time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from . import scripts
+from .keys import AccountKeys, Keys
+from .settings import RATE_CLASSES, Settings, token_fingerprint
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    status: str  # "new" | "dup" | "keyexists" | "window"
+    ids: tuple[str, ...] = ()
+    publish: bool = False
+    due_ms: int | None = None
+    window_closes_ms: int | None = None
+    existing_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the lane asks its holder to do next."""
+
+    action: str  # "job" | "wait" | "empty" | "busy" | "lost" | "yield"
+    job_id: str | None = None
+    job_json: str | None = None
+    state_before: str | None = None
+    attempts: int = 0
+    window_ms: int | None = None
+    comment_state: str | None = None
+    now_ms: int = 0
+    until_ms: int | None = None
+    why: str | None = None
+
+
+class LaneStore:
+    """Lane operations for one Redis and one key prefix."""
+
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.settings = settings
+        self.redis = client
+        self.keys = Keys(settings.key_prefix)
+
+    def acct(self, account: str) -> AccountKeys:
+        return self.keys.account(account)
+
+    # ------------------------------------------------------------------ producer side
+    def enqueue(
+        self,
+        account: str,
+        recipient: str,
+        jobs: Sequence[tuple[str, str, str]],
+        *,
+        delay_ms: int | None = None,
+        at_ms: int | None = None,
+        idempotency_key: str | None = None,
+        key: str | None = None,
+        replace: bool = False,
+        cancel_on_reply: bool = False,
+        window_limit_ms: int = 0,
+        now_ms: int | None = None,
+        pipe: Any = None,
+    ) -> Any:
+        """Accept ``jobs`` (id, job JSON, rate class) for one recipient atomically.
+
+        With ``pipe`` the call is only queued; pass the raw reply to :meth:`parse_enqueue`.
+        """
+        k = self.acct(account)
+        keys = [
+            k.jobs, k.status, k.lane(recipient), k.ready, k.sched, k.followup_keys,
+            k.cancel_on_reply(recipient),
+            k.idempotency(idempotency_key) if idempotency_key else k.idempotency("-"),
+            k.stats, k.windows,
+        ]
+        args: list[Any] = [
+            recipient,
+            "" if delay_ms is None else int(delay_ms),
+            "" if at_ms is None else int(at_ms),
+            self.settings.retention_s if idempotency_key else 0,
+            key or "",
+            1 if replace else 0,
+            1 if cancel_on_reply else 0,
+            int(window_limit_ms),
+            self.settings.dispatch_grace_ms,
+            len(jobs),
+        ]
+        for job_id, job_json, rate_class in jobs:
+            args += [job_id, job_json, rate_class]
+        reply = scripts.run(self.redis, "enqueue", keys, args, now_ms, pipe=pipe)
+        return reply if pipe is not None else self.parse_enqueue(reply)
+
+    @staticmethod
+    def parse_enqueue(reply: list[Any]) -> EnqueueResult:
+        tag = reply[0]
+        if tag in ("new", "dup"):
+            return EnqueueResult(
+                tag, tuple(reply[3:]), bool(int(reply[1])), int(reply[2]) if tag == "new" else None
+            )
+        if tag == "keyexists":
+            return EnqueueResult(tag, existing_id=reply[1])
+        if tag == "window":
+            closes = int(reply[1])
+            return EnqueueResult(tag, window_closes_ms=None if closes < 0 else closes)
+        raise RuntimeError(f"unexpected enqueue reply {reply!r}")
+
+    def cancel(
+        self, account: str, job_id: str | None = None, key: str | None = None,
+        reason: str = "cancelled by the producer", now_ms: int | None = None,
+    ) -> tuple[str, str | None, str | None]:
+        """Cancel a job by id or follow-up key: ("cancelled"|"notfound"|"final", id, state)."""
+        k = self.acct(account)
+        reply = scripts.run(
+            self.redis, "cancel", [k.status, k.sched, k.followup_keys, k.stats],
+            [job_id or "", key or "", reason], now_ms,
+        )
+        return reply[0], (reply[1] or None), (reply[2] if len(reply) > 2 else None)
+
+    def inbound(
+        self, account: str, user: str, event_id: str, ts_ms: int, *, opens_window: bool,
+        cancels: bool, dedupe_ttl_s: int = 48 * 3600, now_ms: int | None = None,
+    ) -> tuple[bool, list[str]]:
+        """Record a user's event: (was it new, ids of follow-ups cancelled by it)."""
+        k = self.acct(account)
+        reply = scripts.run(
+            self.redis, "inbound",
+            [k.event(event_id), k.windows, k.cancel_on_reply(user), k.status, k.sched,
+             k.followup_keys, k.stats],
+            [user, int(ts_ms), 1 if opens_window else 0, 1 if cancels else 0, dedupe_ttl_s],
+            now_ms,
+        )
+        if reply[0] == "dup":
+            return False, []
+        return True, list(reply[2:])
+
+    def replay(self, account: str, job_id: str, recipient: str, now_ms: int | None = None) -> str | bool:
+        k = self.acct(account)
+        reply = scripts.run(
+            self.redis, "replay", [k.dlq, k.status, k.lane(recipient), k.ready],
+            [job_id, recipient, self.settings.dispatch_grace_ms], now_ms,
+        )
+        if reply[0] == "notfound":
+            return "notfound"
+        return bool(int(reply[1]))
+
+    # ------------------------------------------------------------------ worker side
+    def step(
+        self,
+        account: str,
+        recipient: str,
+        holder: str,
+        *,
+        acquire: bool,
+        prev_id: str | None = None,
+        outcome: dict[str, Any] | None = None,
+        yield_lane: bool = False,
+        token: str = "",
+        now_ms: int | None = None,
+    ) -> Step:
+        """Record ``outcome`` of ``prev_id`` and get the lane's next action (one round trip)."""
+        k = self.acct(account)
+        s = self.settings
+        keys = [
+            k.lane(recipient), k.lease(recipient), k.ready, k.jobs, k.status, k.hold, k.limiter,
+            k.pause, k.windows, k.dlq, k.done, k.stats, k.comments, k.cancel_on_reply(recipient),
+            k.followup_keys, k.usage,
+        ]
+        args: list[Any] = [
+            recipient, holder, "acquire" if acquire else "continue", s.lease_ms,
+            prev_id or "", json.dumps(outcome, separators=(",", ":")) if outcome else "",
+            1 if yield_lane else 0, token_fingerprint(token) if token else "",
+            s.burst_for(account), s.thread_min_interval_ms * 1000,
+        ]
+        for klass in RATE_CLASSES:
+            args += [klass, s.rate_for(account, klass).interval_us]
+        reply = scripts.run(self.redis, "step", keys, args, now_ms)
+        tag = reply[0]
+        if tag == "job":
+            return Step(
+                "job", job_id=reply[1], job_json=reply[2], state_before=reply[3],
+                attempts=int(reply[4]), window_ms=int(reply[5]) if reply[5] else None,
+                comment_state=reply[6] or None, now_ms=int(reply[7]),
+            )
+        if tag == "wait":
+            return Step("wait", until_ms=int(reply[1]), why=reply[2])
+        return Step(tag)
+
+    def dispatch(self, account: str, limit: int = 500, now_ms: int | None = None) -> tuple[list[str], int | None, int]:
+        """Claim due lanes: (recipients to publish, earliest remaining score, Redis now)."""
+        reply = scripts.run(
+            self.redis, "dispatch", [self.acct(account).ready],
+            [self.settings.dispatch_grace_ms, limit], now_ms,
+        )
+        nxt = int(reply[0])
+        return list(reply[2:]), (None if nxt < 0 else nxt), int(reply[1])
+
+    def due_followups(self, account: str, limit: int = 500, now_ms: int | None = None) -> list[str]:
+        """Ids of follow-ups due now (not yet claimed)."""
+        upper: Any = now_ms if now_ms is not None else self._redis_now_ms()
+        return list(self.redis.zrangebyscore(self.acct(account).sched, "-inf", upper, start=0, num=limit))
+
+    def promote(
+        self, account: str, items: Sequence[tuple[str, str]], now_ms: int | None = None
+    ) -> tuple[int, list[str]]:
+        """Move due follow-ups ``(job id, recipient)`` into their lanes: (count, lanes to publish)."""
+        if not items:
+            return 0, []
+        k = self.acct(account)
+        keys = [k.sched, k.status, k.ready] + [k.lane(r) for _, r in items]
+        args: list[Any] = [self.settings.dispatch_grace_ms, len(items)]
+        for job_id, r in items:
+            args += [job_id, r]
+        reply = scripts.run(self.redis, "promote", keys, args, now_ms)
+        return int(reply[0]), list(reply[1:])
+
+    def trim(self, account: str, now_ms: int | None = None, batch: int = 1000) -> int:
+        k = self.acct(account)
+        return int(scripts.run(
+            self.redis, "trim", [k.done, k.jobs, k.status],
+            [self.settings.retention_s * 1000, batch], now_ms,
+        ))
+
+    def limit(self, account: str, klass: str, now_ms: int | None = None) -> tuple[bool, int]:
+        """One limiter decision outside a lane: (allowed, microseconds to wait)."""
+        rate = self.settings.rate_for(account, klass)
+        reply = scripts.run(
+            self.redis, "limit", [self.acct(account).limiter],
+            [klass, rate.interval_us, self.settings.burst_for(account)], now_ms,
+        )
+        return bool(int(reply[0])), int(reply[1])
+
+    def _redis_now_ms(self) -> int:
+        sec, usec = self.redis.time()
+        return int(sec) * 1000 + int(usec) // 1000

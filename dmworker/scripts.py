@@ -1,0 +1,59 @@
+"""The Lua scripts of ``dmworker/lua/``, loaded once and registered once per Redis client.
+
+Each script's header (in its ``.lua`` file) lists its KEYS, ARGV and return value.  Every
+script starts with the ``_now.lua`` prelude: ``ARGV[1]`` is an injected clock in milliseconds
+(tests), or ``''`` to use the Redis server's ``TIME`` — worker clocks never matter.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+NAMES = ("enqueue", "step", "dispatch", "promote", "cancel", "inbound", "replay", "trim", "limit")
+
+_lock = threading.Lock()
+_registered: dict[int, dict[str, Script]] = {}
+
+
+@cache
+def source(name: str) -> str:
+    """The full text of script ``name`` (prelude included)."""
+    lua = Path(__file__).with_name("lua")
+    return (lua / "_now.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def scripts(client: redis.Redis) -> dict[str, Script]:
+    """The registered scripts of ``client`` (EVALSHA, with a reload on NOSCRIPT)."""
+    got = _registered.get(id(client))
+    if got is None:
+        with _lock:
+            got = _registered.get(id(client))
+            if got is None:
+                got = {name: client.register_script(source(name)) for name in NAMES}
+                _registered[id(client)] = got
+    return got
+
+
+def run(
+    client: redis.Redis,
+    name: str,
+    keys: list[str],
+    args: list[Any],
+    now_ms: int | None = None,
+    pipe: Any = None,
+) -> Any:
+    """Run script ``name`` with the clock ``now_ms`` (or Redis TIME when ``None``).
+
+    With ``pipe`` the call is queued on that pipeline (of ``client``) instead of sent.
+    """
+    argv = ["" if now_ms is None else str(int(now_ms)), *args]
+    script = scripts(client)[name]
+    if pipe is not None:
+        return script(keys=keys, args=argv, client=pipe)
+    return script(keys=keys, args=argv)
