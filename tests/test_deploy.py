@@ -57,10 +57,10 @@ EXPECTED_FILES = [
     "systemd/dmworker.env.example",
 ]
 
-DOCKERFILE_INSTRUCTIONS = frozenset(
-    "ADD ARG CMD COPY ENTRYPOINT ENV EXPOSE FROM HEALTHCHECK LABEL MAINTAINER ONBUILD RUN SHELL "
-    "STOPSIGNAL USER VOLUME WORKDIR".split()
-)
+DOCKERFILE_INSTRUCTIONS = frozenset({
+    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
+    "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+})
 SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh"})
 WRAPPERS = frozenset({"exec", "nice", "nohup", "tini", "dumb-init", "time"})
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|REDIS_URL|BROKER_URL", re.IGNORECASE)
@@ -342,10 +342,11 @@ def cli_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- settings helpers
 def known_settings() -> set[str]:
-    """Every DMWORKER_* variable Settings.from_env reads (literal names + one per rate class)."""
-    source = (ROOT / "dmworker" / "settings.py").read_text()
-    names = set(re.findall(r"[\"'](DMWORKER_[A-Z0-9_]+)[\"']", source))
-    names |= {f"DMWORKER_RATE_{k.upper()}" for k in RATE_CLASSES}
+    """Every DMWORKER_* variable the package reads: each quoted name in its source (Settings.from_env,
+    the CLI's own defaults) and the one per rate class that from_env builds."""
+    names = {f"DMWORKER_RATE_{k.upper()}" for k in RATE_CLASSES}
+    for path in (ROOT / "dmworker").rglob("*.py"):
+        names |= set(re.findall(r"[\"'](DMWORKER_[A-Z0-9_]*[A-Z0-9])[\"']", path.read_text()))
     return names
 
 
@@ -580,6 +581,13 @@ def test_every_dmworker_subcommand_exists(cli_parser: argparse.ArgumentParser) -
             )
             parser, path = subs[word], [*path, word]
         assert len(path) > 1, f"{cmd.source}: `{shlex.join(cmd.argv)}` names no subcommand"
+        # an action word given as a positional with choices (`dmworker dlq list`)
+        rest = args[len(path) - 1:]
+        positionals = [a for a in parser._actions if not a.option_strings and a.dest != "help"]
+        if rest and not rest[0].startswith("-") and positionals and positionals[0].choices:
+            assert rest[0] in positionals[0].choices, (
+                f"{cmd.source}: `{' '.join(path)} {rest[0]}`: expected one of {positionals[0].choices}"
+            )
 
 
 def test_every_gunicorn_serves_the_app_factory() -> None:

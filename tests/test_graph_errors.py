@@ -13,8 +13,8 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -68,8 +68,9 @@ class CannedServer:
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                server.seen.append({"method": self.command, "path": self.path,
-                                    "headers": dict(self.headers), "body": body})
+                server.seen.append(
+                    {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                )
                 parts = self.path.split("/")
                 canned = server.cases.get(parts[2] if len(parts) > 2 else "", Canned(404, b"no case"))
                 if canned.delay_s:
@@ -126,14 +127,26 @@ def canned() -> Iterator[CannedServer]:
     srv.stop()
 
 
-def envelope(code: int, subcode: int | None = None, message: str = "An error", transient: bool = False,
-             trace: str = "Atrace1") -> dict[str, Any]:
-    err: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code,
-                           "fbtrace_id": trace, "is_transient": transient}
+def envelope(
+    code: int,
+    subcode: int | None = None,
+    message: str = "An error",
+    transient: bool = False,
+    trace: str = "Atrace1",
+) -> dict[str, Any]:
+    err: dict[str, Any] = {
+        "message": message,
+        "type": "OAuthException",
+        "code": code,
+        "fbtrace_id": trace,
+        "is_transient": transient,
+    }
     if subcode is not None:
         err["error_subcode"] = subcode
     return {"error": err}
 
+
+PRIVATE = (2534025, 2534039, 2534040)
 
 # Every row of graph-api.md §5 (and the edges around it): id, HTTP status, body, expected class.
 ROWS: list[tuple[str, int, dict[str, Any], type[GraphError]]] = [
@@ -143,31 +156,48 @@ ROWS: list[tuple[str, int, dict[str, Any], type[GraphError]]] = [
     ("code1200", 500, envelope(1200, message="Temporary send message failure"), TemporaryError),
     ("transient-unknown-code", 400, envelope(9007, transient=True), TemporaryError),
     ("unknown-code-on-5xx", 503, envelope(12345), TemporaryError),
-    *[(f"throttle-{c}", 400, envelope(c, transient=True), ThrottledError)
-      for c in (4, 17, 32, 341, 613, 80002, 80006)],
+    *[
+        (f"throttle-{c}", 400, envelope(c, transient=True), ThrottledError)
+        for c in (4, 17, 32, 341, 613, 80002, 80006)
+    ],
     ("throttle-429-code4", 429, envelope(4), ThrottledError),
     ("policy-368", 400, envelope(368, message="(#368) deemed abusive"), PolicyBlockedError),
-    ("window", 400, envelope(10, 2534022, "This message is sent outside of allowed window."),
-     OutsideWindowError),
+    (
+        "window",
+        400,
+        envelope(10, 2534022, "This message is sent outside of allowed window."),
+        OutsideWindowError,
+    ),
     ("window-403", 403, envelope(10, 2534022), OutsideWindowError),
     ("window-messenger", 400, envelope(10, 2018278), OutsideWindowError),
     ("invalid-param", 400, envelope(100, message="(#100) Invalid parameter"), InvalidRequestError),
     ("invalid-param-33", 400, envelope(100, 33), InvalidRequestError),
     ("no-matching-user", 400, envelope(100, 2018001), RecipientUnavailableError),
-    ("unavailable-551", 400, envelope(551, 2534014, "This person isn't available right now."),
-     RecipientUnavailableError),
+    (
+        "unavailable-551",
+        400,
+        envelope(551, 2534014, "This person isn't available right now."),
+        RecipientUnavailableError,
+    ),
     ("token-190", 400, envelope(190, message="Invalid OAuth access token"), TokenInvalidError),
     *[(f"token-190-{s}", 401, envelope(190, s), TokenInvalidError) for s in (458, 459, 460, 463, 464, 467)],
-    ("permission-10", 403, envelope(10, message="(#10) Application does not have permission"),
-     PermissionDeniedError),
+    (
+        "permission-10",
+        403,
+        envelope(10, message="(#10) Application does not have permission"),
+        PermissionDeniedError,
+    ),
     *[(f"permission-{c}", 403, envelope(c), PermissionDeniedError) for c in (200, 230, 299)],
-    *[(f"private-reply-code-{c}", 400, envelope(c), InvalidRequestError) for c in (2534025, 2534039, 2534040)],
-    *[(f"private-reply-subcode-{c}", 400, envelope(100, c), InvalidRequestError)
-      for c in (2534025, 2534039, 2534040)],
+    *[(f"private-reply-code-{c}", 400, envelope(c), InvalidRequestError) for c in PRIVATE],
+    *[(f"private-reply-subcode-{c}", 400, envelope(100, c), InvalidRequestError) for c in PRIVATE],
     ("private-reply-subcode-on-10", 400, envelope(10, 2534025), InvalidRequestError),
     ("unknown-code-4xx", 400, envelope(12345), InvalidRequestError),
-    ("code-as-string", 400, {"error": {"code": "190", "error_subcode": "460", "message": "x"}},
-     TokenInvalidError),
+    (
+        "code-as-string",
+        400,
+        {"error": {"code": "190", "error_subcode": "460", "message": "x"}},
+        TokenInvalidError,
+    ),
 ]
 ROW_IDS = [r[0] for r in ROWS]
 
@@ -203,8 +233,9 @@ def test_map_error_row(name: str, status: int, body: dict[str, Any], cls: type[G
         (None, None, TemporaryError),
     ],
 )
-def test_map_error_without_usable_body_uses_status(status: int | None, body: bytes | None,
-                                                   cls: type[GraphError]) -> None:
+def test_map_error_without_usable_body_uses_status(
+    status: int | None, body: bytes | None, cls: type[GraphError]
+) -> None:
     err = map_error(status=status, body=body)
     assert type(err) is cls
     assert err.code is None and err.http_status == status
@@ -234,29 +265,54 @@ def test_map_error_exceptions(exc: BaseException, sent: bool, cls: type[GraphErr
 def test_tree_says_what_to_do() -> None:
     assert issubclass(OutcomeUnknownError, TemporaryError)
     assert issubclass(PolicyBlockedError, ThrottledError)
-    for cls in (OutsideWindowError, RecipientUnavailableError, InvalidRequestError, PermissionDeniedError,
-                TokenInvalidError):
-        assert issubclass(cls, PermanentError)
-    for cls in (TemporaryError, ThrottledError, PermanentError):
-        assert issubclass(cls, GraphError) and issubclass(cls, Exception)
+    permanent: list[type[GraphError]] = [
+        OutsideWindowError,
+        RecipientUnavailableError,
+        InvalidRequestError,
+        PermissionDeniedError,
+        TokenInvalidError,
+    ]
+    assert all(issubclass(cls, PermanentError) for cls in permanent)
+    assert all(issubclass(cls, GraphError) for cls in (TemporaryError, ThrottledError, PermanentError))
     assert PermissionError_ is PermissionDeniedError
-    kinds = {c.kind for c in (GraphError, TemporaryError, OutcomeUnknownError, ThrottledError,
-                              PolicyBlockedError, PermanentError, OutsideWindowError,
-                              RecipientUnavailableError, InvalidRequestError, PermissionDeniedError,
-                              TokenInvalidError)}
+    kinds = {
+        c.kind
+        for c in (
+            GraphError,
+            TemporaryError,
+            OutcomeUnknownError,
+            ThrottledError,
+            PolicyBlockedError,
+            PermanentError,
+            OutsideWindowError,
+            RecipientUnavailableError,
+            InvalidRequestError,
+            PermissionDeniedError,
+            TokenInvalidError,
+        )
+    }
     assert len(kinds) == 11
 
 
 def test_repr_str_and_to_dict_carry_code_subcode_and_trace() -> None:
     body = envelope(10, 2534022, "This message is sent outside of allowed window.", trace="Axyz")
     err = map_error(status=400, body=json.dumps(body))
-    assert repr(err) == ("OutsideWindowError(code=10, subcode=2534022, fbtrace_id='Axyz', http_status=400): "
-                         "This message is sent outside of allowed window.")
-    assert str(err) == ("This message is sent outside of allowed window. "
-                        "(code=10, subcode=2534022, fbtrace_id='Axyz', http_status=400)")
-    assert err.to_dict() == {"kind": "outside_window", "code": 10, "subcode": 2534022,
-                             "message": "This message is sent outside of allowed window.",
-                             "fbtrace_id": "Axyz", "http_status": 400}
+    assert repr(err) == (
+        "OutsideWindowError(code=10, subcode=2534022, fbtrace_id='Axyz', http_status=400): "
+        "This message is sent outside of allowed window."
+    )
+    assert str(err) == (
+        "This message is sent outside of allowed window. "
+        "(code=10, subcode=2534022, fbtrace_id='Axyz', http_status=400)"
+    )
+    assert err.to_dict() == {
+        "kind": "outside_window",
+        "code": 10,
+        "subcode": 2534022,
+        "message": "This message is sent outside of allowed window.",
+        "fbtrace_id": "Axyz",
+        "http_status": 400,
+    }
     json.dumps(err.to_dict())
 
 
@@ -269,8 +325,13 @@ def test_errors_survive_pickling() -> None:
 
 # ----------------------------------------------------------------------------- wait hints
 def buc(regain_min: float, pct: int = 100) -> str:
-    entry = {"type": "instagram", "call_count": pct, "total_cputime": 3, "total_time": 4,
-             "estimated_time_to_regain_access": regain_min}
+    entry = {
+        "type": "instagram",
+        "call_count": pct,
+        "total_cputime": 3,
+        "total_time": 4,
+        "estimated_time_to_regain_access": regain_min,
+    }
     return json.dumps({"17841400000000001": [entry]})
 
 
@@ -325,8 +386,9 @@ def test_redact_patterns() -> None:
 
 # ----------------------------------------------------------------------------- over real HTTP
 @pytest.mark.parametrize(("name", "status", "body", "cls"), ROWS, ids=ROW_IDS)
-def test_http_row(canned: CannedServer, name: str, status: int, body: dict[str, Any],
-                  cls: type[GraphError]) -> None:
+def test_http_row(
+    canned: CannedServer, name: str, status: int, body: dict[str, Any], cls: type[GraphError]
+) -> None:
     with canned.client(name, Canned(status, json.dumps(body))) as client, pytest.raises(GraphError) as info:
         client.messaging.send_text("1784", "hi")
     err = info.value
@@ -348,16 +410,19 @@ def test_http_sends_bearer_header_and_no_token_in_url(canned: CannedServer) -> N
 
 
 def test_http_429_with_retry_after(canned: CannedServer) -> None:
-    c = Canned(429, json.dumps(envelope(4, message="(#4) Application request limit reached")),
-               {"Retry-After": "17"})
+    c = Canned(
+        429, json.dumps(envelope(4, message="(#4) Application request limit reached")), {"Retry-After": "17"}
+    )
     with canned.client("r429", c) as client, pytest.raises(ThrottledError) as info:
         client.messaging.send_text("1784", "hi")
     assert info.value.retry_after_s == 17.0 and info.value.http_status == 429
 
 
 def test_http_429_without_body(canned: CannedServer) -> None:
-    with canned.client("r429bare", Canned(429, b"", {"Retry-After": "3"})) as client, \
-            pytest.raises(ThrottledError) as info:
+    with (
+        canned.client("r429bare", Canned(429, b"", {"Retry-After": "3"})) as client,
+        pytest.raises(ThrottledError) as info,
+    ):
         client.messaging.send_text("1784", "hi")
     assert info.value.retry_after_s == 3.0 and info.value.code is None
 
@@ -387,8 +452,10 @@ def test_http_4xx_with_non_json_body(canned: CannedServer) -> None:
 
 
 def test_http_2xx_with_non_json_body_is_outcome_unknown(canned: CannedServer) -> None:
-    with canned.client("ok-html", Canned(200, b"<html>ok</html>")) as client, \
-            pytest.raises(OutcomeUnknownError):
+    with (
+        canned.client("ok-html", Canned(200, b"<html>ok</html>")) as client,
+        pytest.raises(OutcomeUnknownError),
+    ):
         client.messaging.send_text("1784", "hi")
 
 
@@ -420,8 +487,10 @@ def test_http_connect_refused_is_temporary() -> None:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
-    with InstagramClient(TOKEN, base_url=f"http://127.0.0.1:{port}/v25.0") as client, \
-            pytest.raises(TemporaryError) as info:
+    with (
+        InstagramClient(TOKEN, base_url=f"http://127.0.0.1:{port}/v25.0") as client,
+        pytest.raises(TemporaryError) as info,
+    ):
         client.messaging.send_text("1784", "hi")
     assert type(info.value) is TemporaryError
     assert TOKEN not in repr(info.value)
@@ -429,8 +498,10 @@ def test_http_connect_refused_is_temporary() -> None:
 
 def test_http_error_echoing_token_is_redacted(canned: CannedServer) -> None:
     echo = f"Invalid OAuth access token - Cannot parse access token {TOKEN}"
-    with canned.client("echo", Canned(400, json.dumps(envelope(190, message=echo)))) as client, \
-            pytest.raises(TokenInvalidError) as info:
+    with (
+        canned.client("echo", Canned(400, json.dumps(envelope(190, message=echo)))) as client,
+        pytest.raises(TokenInvalidError) as info,
+    ):
         client.messaging.send_text("1784", "hi")
     assert TOKEN not in str(info.value) and TOKEN not in repr(info.value)
     assert "[redacted]" in info.value.message
