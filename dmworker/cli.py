@@ -129,7 +129,13 @@ def _run_scheduler(tick_ms: int | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("worker", "sandbox") and not {"-h", "--help"} & set(args[1:2]):
+        # everything after the command belongs to celery worker / the sandbox, verbatim
+        ns = argparse.Namespace(command=args[0], celery_args=args[1:], sandbox_args=args[1:])
+    else:
+        ns = parser.parse_args(args)
     from .errors import DmworkerError
 
     try:

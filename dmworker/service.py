@@ -180,8 +180,11 @@ def send(
         return {"o": "failed", "dead": True, "token_invalid": True, "err": e.to_dict(), "kind": kind}
     except gerr.PermanentError as e:
         return {"o": "failed", "dead": True, "err": e.to_dict(), "kind": kind}
-    except gerr.GraphError as e:  # temporary, outcome unknown
+    except gerr.GraphError as e:  # temporary, or outcome unknown (resent: at-least-once, see docs)
         return _retry(attempts, settings, rand, e.to_dict(), kind)
+    except ValueError as e:  # arguments the body builders refuse: permanent, no call was made
+        return {"o": "failed", "dead": True, "kind": kind,
+                "err": {"kind": "invalid_request", "message": redact(str(e))}}
     except Exception as e:  # a poison job: it crashed the send path; retried, then dead-lettered
         log.exception("send path crashed", extra={"job_id": job.get("id"), "recipient": recipient})
         secrets = (settings.accounts[account].access_token,) if account in settings.accounts else ()
@@ -194,7 +197,7 @@ def send(
         out["hold_ms"] = hold_ms
     if kind == "private_reply":
         out["cmt"] = recipient
-    pct = getattr(result.usage, "call_count_pct", None)
+    pct = getattr(result.usage, "peak_pct", None)
     if pct is not None:
         out["usage_pct"] = int(pct)
         out["slow"] = slowdown_factor(int(pct), settings.usage_slowdown_pct)

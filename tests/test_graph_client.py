@@ -33,6 +33,7 @@ from dmworker.graph import (
 )
 from dmworker.graph.usage import wait_hint_s
 from dmworker.sandbox import SandboxServer
+from dmworker.settings import AccountConfig, ConfigError, Settings
 
 ACCOUNT = "17841400000009001"
 TOKEN = "IGAAclient-test-token-secret-9001"
@@ -607,3 +608,19 @@ def test_usage_headers_parsed_leniently() -> None:
         assert u.call_count_pct is None and u.regain_access_s is None
     assert parse_usage({"X-Business-Use-Case-Usage": '{"1":{"call_count":"7"}}'}).call_count_pct == 7
     assert wait_hint_s({"Retry-After": "-5"}) == 0.0
+
+
+def test_from_settings(ctl: Any, server: SandboxServer) -> None:
+    settings = Settings.from_env({}).with_overrides(
+        graph_url=server.url + "/v25.0",
+        accounts={ACCOUNT: AccountConfig(ACCOUNT, TOKEN)},
+        default_account=ACCOUNT,
+        http_read_timeout_s=4.0,
+        http_pool_size=3,
+    )
+    ctl.open_window(ACCOUNT, USER)
+    with InstagramClient.from_settings(settings) as c:
+        assert c.timeout == (settings.http_connect_timeout_s, 4.0)
+        assert c.messaging.send_text(USER, "hi").recipient_id == USER
+    with pytest.raises(ConfigError):
+        InstagramClient.from_settings(settings, "not-configured")

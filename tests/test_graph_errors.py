@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -494,6 +495,36 @@ def test_http_connect_refused_is_temporary() -> None:
         client.messaging.send_text("1784", "hi")
     assert type(info.value) is TemporaryError
     assert TOKEN not in repr(info.value)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux dropping SYNs to a full accept queue")
+def test_http_connect_timeout_is_temporary() -> None:
+    # Given a listener whose accept queue is full: new SYNs are dropped, so connecting times out
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    time.sleep(0.1)
+    try:
+        with (
+            InstagramClient(
+                TOKEN, base_url=f"http://127.0.0.1:{port}/v25.0", connect_timeout_s=0.3
+            ) as client,
+            pytest.raises(TemporaryError) as info,
+        ):
+            client.messaging.send_text("1784", "hi")
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+    assert type(info.value) is TemporaryError
+    assert "ConnectTimeout" in info.value.message
 
 
 def test_http_error_echoing_token_is_redacted(canned: CannedServer) -> None:

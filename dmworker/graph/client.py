@@ -28,7 +28,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
 
-from ..settings import token_fingerprint
+from ..settings import Settings, token_fingerprint
 from .conversations import Conversations
 from .errors import GraphError, map_error
 from .messaging import Messaging
@@ -106,6 +106,32 @@ class InstagramClient:
         self._session = session if session is not None else _pooled_session(pool_size)
         self.messaging = Messaging(self)
         self.conversations = Conversations(self)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        account_id: str | None = None,
+        session: requests.Session | None = None,
+        path_id: str = "me",
+    ) -> InstagramClient:
+        """A client of one configured account (default: the default account), with the settings'
+        graph URL, timeouts and pool size. ``path_id`` is the id in paths: ``"me"`` (the token's own
+        account, right for Instagram and Page tokens alike) or the account's numeric id.
+
+        Raises:
+            ConfigError: when the account is not configured.
+        """
+        acct = settings.account(account_id)
+        return cls(
+            acct.access_token,
+            base_url=settings.graph_url_for(acct.account_id),
+            account_id=path_id,
+            session=session,
+            connect_timeout_s=settings.http_connect_timeout_s,
+            read_timeout_s=settings.http_read_timeout_s,
+            pool_size=settings.http_pool_size,
+        )
 
     def __repr__(self) -> str:
         return (

@@ -5,11 +5,11 @@
     GraphError(Exception)              .code .subcode .fbtrace_id .http_status .message .is_transient
      │                                 .kind (short label) .usage  .to_dict()
      ├── TemporaryError                retry with backoff + jitter
-     │    │                            codes 1, 2, 1200; is_transient true; HTTP 5xx (no usable body,
-     │    │                            or an unknown code); connection failures; connect timeouts
+     │    │                            codes 1, 2, 1200; is_transient true; HTTP 5xx or 408 without a
+     │    │                            usable body; unknown codes on 5xx; connect failures and timeouts
      │    └── OutcomeUnknownError      the request was sent but no answer was read (read timeout,
-     │                                 connection dropped, 2xx without a JSON body): Meta may have
-     │                                 delivered it. Retrying may duplicate.
+     │                                 connection dropped after sending, 2xx without a JSON object):
+     │                                 Meta may have delivered it; a blind retry may duplicate
      ├── ThrottledError                wait ``.retry_after_s`` (seconds or None), then retry; no attempt
      │    │                            burned. Codes 4, 17, 32, 341, 613, 80002, 80006; HTTP 429
      │    └── PolicyBlockedError       code 368: pause the account for a long time
@@ -23,8 +23,10 @@
           └── TokenInvalidError        code 190, any subcode: the account needs a new token
 
 :func:`map_error` is the only place that turns a response, a status or a ``requests`` exception
-into one of these. It classifies by ``code`` / ``error_subcode`` / ``is_transient`` first and
-looks at the HTTP status only when the body carries no known code.
+into one of these. It classifies by ``code`` / ``error_subcode`` / ``is_transient`` and looks at
+the HTTP status only when the body carries no known code (one exception: HTTP 429 is always a
+throttle). Order: 368, throttle codes / 429, transient, 190, window subcodes, 551 / 2018001,
+private-reply codes / 100, 10 / 200-299, then the status.
 
 Messages never carry an access token: :func:`redact` removes the given secrets, any
 ``access_token=`` value and anything shaped like a Meta token.

@@ -68,7 +68,9 @@ class GraphApp:
     def __init__(self, state: SandboxState) -> None:
         self.state = state
 
-    def handle(self, method: str, path: str, query: str, headers: Any, body: bytes, host: str) -> Answer:
+    def handle(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
+               host: str) -> Answer:
+        """Answer one Graph request; ``headers`` has lower-case names."""
         state = self.state
         record: dict[str, Any] = {"seq": 0, "t_ms": now_ms(), "account": None, "method": method,
                                   "path": path, "status": 200, "error_code": None, "error_subcode": None,
@@ -79,7 +81,7 @@ class GraphApp:
                 time.sleep(state.latency_ms / 1000.0)
             params = _form(parse_qsl(query)) if query else {}
             data, body_error = self._body(headers, body) if method == "POST" else ({}, None)
-            auth = headers.get("Authorization") or ""
+            auth = headers.get("authorization") or ""
             token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
             token = token or params.pop("access_token", None) or data.pop("access_token", None)
             params.pop("access_token", None)
@@ -113,10 +115,10 @@ class GraphApp:
         return Answer(status, out, usage_headers(record["account"], pct, regain) + extra, delay_s=delay_s)
 
     @staticmethod
-    def _body(headers: Any, body: bytes) -> tuple[dict[str, Any], GraphError | None]:
+    def _body(headers: dict[str, str], body: bytes) -> tuple[dict[str, Any], GraphError | None]:
         if not body:
             return {}, None
-        ctype = (headers.get("Content-Type") or "").lower()
+        ctype = (headers.get("content-type") or "").lower()
         try:
             if "x-www-form-urlencoded" in ctype:
                 return _form(parse_qsl(body.decode("utf-8"), keep_blank_values=True)), None

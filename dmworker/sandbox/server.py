@@ -8,6 +8,7 @@ Nothing is logged per request; a log line never carries a token.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import socket
@@ -24,7 +25,10 @@ from .state import SandboxState
 
 log = logging.getLogger("dmworker.sandbox")
 MAX_BODY = 16 * 1024 * 1024
+MAX_LINE = 65536
+MAX_HEADERS = 100
 REASONS = {0: "", 200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large",
+           431: "Request Header Fields Too Large",
            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 _TOKEN_RE = re.compile(r"(access_token=)[^&\s\"']+|(Bearer\s+)\S+", re.IGNORECASE)
 
@@ -42,34 +46,76 @@ class _Handler(BaseHTTPRequestHandler):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s", self.address_string(), _TOKEN_RE.sub(r"\1\2[redacted]", format % args))
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def _dispatch(self, method: str) -> None:
+    def handle_one_request(self) -> None:
+        """Read one request with a lean parser (the base class's email-based one costs ~40 us)."""
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= MAX_BODY:
+            line = self.rfile.readline(MAX_LINE + 1)
+            if not line:
+                self.close_connection = True
+                return
+            parts = line.split()
+            if len(line) > MAX_LINE or len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+                self._reject(400, "bad request line")
+                return
+            method, target, version = (p.decode("latin-1") for p in parts)
+            self.command, self.path, self.request_version = method, target, version
+            headers: dict[str, str] = {}
+            for _ in range(MAX_HEADERS):
+                raw = self.rfile.readline(MAX_LINE + 1)
+                if raw in (b"\r\n", b"\n", b""):
+                    break
+                name, _, value = raw.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            else:
+                self._reject(431, "too many headers")
+                return
+            connection = headers.get("connection", "").lower()
+            self.close_connection = "close" in connection or (
+                version == "HTTP/1.0" and "keep-alive" not in connection)
+            if headers.get("expect", "").lower() == "100-continue":
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = self._body(headers)
+            if body is not None:
+                self._dispatch(method, target, headers, body)
+        except (TimeoutError, ConnectionError):
             self.close_connection = True
-            self._write(Answer(413 if length > 0 else 400, b'{"error":"bad Content-Length"}'))
-            return
-        body = self.rfile.read(length) if length else b""
-        path, _, query = self.path.partition("?")
+
+    def _body(self, headers: dict[str, str]) -> bytes | None:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            chunks: list[bytes] = []
+            total = 0
+            while True:
+                size = int(self.rfile.readline(MAX_LINE).split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                total += size
+                if total > MAX_BODY:
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(MAX_LINE)
+        else:
+            try:
+                length = int(headers.get("content-length") or 0)
+            except ValueError:
+                length = -1
+            if 0 <= length <= MAX_BODY:
+                return self.rfile.read(length) if length else b""
+        self._reject(413, "bad Content-Length or body too large")
+        return None
+
+    def _reject(self, status: int, message: str) -> None:
+        self.close_connection = True
+        self._write(Answer(status, json.dumps({"error": message}).encode()))
+
+    def _dispatch(self, method: str, target: str, headers: dict[str, str], body: bytes) -> None:
+        path, _, query = target.partition("?")
         if path.startswith(PREFIX):
             answer = self.server.control_api.handle(method, path, query, body)
         else:
-            host = self.headers.get("Host") or f"{self.server.server_name}:{self.server.server_port}"
-            answer = self.server.graph.handle(method, path, query, self.headers, body, host)
+            host = headers.get("host") or f"{self.server.server_name}:{self.server.server_port}"
+            answer = self.server.graph.handle(method, path, query, headers, body, host)
         if answer.delay_s > 0:
             time.sleep(answer.delay_s)
         if answer.disconnect:

@@ -1,0 +1,127 @@
+"""Helpers to run real dmworker processes (workers, schedulers) from tests, benchmarks and the demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from .settings import Settings, settings_to_env
+
+
+class ProcessGroup:
+    """Start, kill and restart ``dmworker`` subprocesses sharing one settings environment."""
+
+    def __init__(self, settings: Settings, extra_env: Mapping[str, str] | None = None,
+                 log_dir: str | None = None) -> None:
+        self.dir = Path(log_dir or tempfile.mkdtemp(prefix="dmw-procs-"))
+        self.env = dict(os.environ)
+        self.env.update(settings_to_env(settings, str(self.dir / "accounts.json")))
+        self.env.update(extra_env or {})
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list = []
+
+    def start_worker(self, name: str, concurrency: int = 8, pool: str = "threads",
+                     extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        args = ["worker", "--pool", pool, "--concurrency", str(concurrency), "--loglevel", "WARNING",
+                "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        return self._start(name, args, extra_env)
+
+    def start_scheduler(self, name: str, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        return self._start(name, ["scheduler"], extra_env)
+
+    def _start(self, name: str, args: list[str], extra_env: Mapping[str, str] | None) -> subprocess.Popen[bytes]:
+        env = dict(self.env)
+        env.update(extra_env or {})
+        log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop_all
+        self._logs.append(log)
+        p = subprocess.Popen([sys.executable, "-m", "dmworker.cli", *args], env=env, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = p
+        return p
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs.get(name)
+        if p is not None and p.poll() is None:
+            os.killpg(p.pid, sig)
+            p.wait(timeout=30)
+
+    def stop_all(self, timeout: float = 15.0) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        for f in self._logs:
+            f.close()
+        self._logs.clear()
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+class Accounting:
+    """The chaos accounting of a run (design.md): per job lost, duplicated, reordered, unexpected.
+
+    ``expected`` maps each recipient to its job tokens in accepted order; ``delivered`` is the
+    sandbox's record, in arrival order, as (recipient, token) pairs; ``dead`` the tokens
+    dead-lettered (not lost: they are kept with their reason).
+    """
+
+    def __init__(self, expected: Mapping[str, list[str]], delivered: list[tuple[str, str]],
+                 dead: set[str] | None = None) -> None:
+        dead = dead or set()
+        position = {tok: (r, i) for r, toks in expected.items() for i, tok in enumerate(toks)}
+        seen: dict[str, int] = {}
+        last: dict[str, int] = {}
+        self.unexpected = 0
+        self.reordered = 0
+        self.duplicated = 0
+        for r, tok in delivered:
+            where = position.get(tok)
+            if where is None or where[0] != r:
+                self.unexpected += 1
+                continue
+            seen[tok] = seen.get(tok, 0) + 1
+            if seen[tok] > 1:
+                self.duplicated += 1
+                continue
+            if where[1] < last.get(r, -1):
+                self.reordered += 1
+            last[r] = max(last.get(r, -1), where[1])
+        self.accepted = len(position)
+        self.delivered = len(seen)
+        self.dead = len(dead & set(position))
+        self.lost = sum(1 for tok in position if tok not in seen and tok not in dead)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"accepted": self.accepted, "delivered": self.delivered, "dead": self.dead,
+                "lost": self.lost, "duplicated": self.duplicated, "reordered": self.reordered,
+                "unexpected": self.unexpected}
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.as_dict().items())
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it is true or ``timeout_s`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ok = predicate()
+        if ok or time.monotonic() > deadline:
+            return bool(ok)
+        time.sleep(interval_s)
