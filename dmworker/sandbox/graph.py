@@ -83,8 +83,8 @@ class GraphApp:
             data, body_error = self._body(headers, body) if method == "POST" else ({}, None)
             auth = headers.get("authorization") or ""
             token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-            token = token or params.pop("access_token", None) or data.pop("access_token", None)
-            params.pop("access_token", None)
+            in_query, in_body = params.pop("access_token", None), data.pop("access_token", None)
+            token = token or in_query or in_body
             account = record["account"] = state.account_for(token)
             verdict = state.check(account)
             pct, record["fault"] = verdict.pct, verdict.fault
@@ -172,7 +172,7 @@ class GraphApp:
         rec = data.get("recipient")
         if isinstance(rec, dict):
             record["recipient"] = (f"comment:{rec['comment_id']}" if "comment_id" in rec
-                                   else str(rec.get("id")))
+                                   else str(rec["id"]) if "id" in rec else None)
         spec = validate_send(data)
         record["kind"] = spec.kind
         return self.state.commit_send(account, spec, data)

@@ -59,6 +59,7 @@ class SandboxState:
             self.windows: dict[tuple[str, str], float] = {}
             self.comments: dict[tuple[str, str], dict[str, Any]] = {}
             self.sends.clear()
+            self.sends_by_account: Counter[str] = Counter()
             self.requests.clear()
             self.conversations.clear()
             self.gate.reset()
@@ -142,6 +143,7 @@ class SandboxState:
             self.sends.append({"seq": 0, "t_ms": t, "account": account, "recipient": recipient,
                                "kind": spec.kind, "body": body, "message_id": mid})
             self.sends.counts[spec.kind] += 1
+            self.sends_by_account[account] += 1
             if mid is None:
                 return {"recipient_id": igsid}
             self.conversations.add(account, igsid, mid, t, True, spec.text)
@@ -176,11 +178,10 @@ class SandboxState:
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
-            per_account: Counter[str] = Counter(r["account"] for r in self.sends.items)
             return {
                 "sends": len(self.sends.items), "requests": len(self.requests.items),
                 "sends_by_kind": dict(self.sends.counts), "requests_by_status": dict(self.requests.counts),
-                "sends_by_account": dict(per_account), "windows": len(self.windows),
+                "sends_by_account": dict(self.sends_by_account), "windows": len(self.windows),
                 "comments": len(self.comments), "conversations": len(self.conversations.by_id),
                 "tokens": len(self.tokens), "revoked": len(self.revoked),
                 "latency_ms": self.latency_ms, "slow_ms": self.slow_ms,
