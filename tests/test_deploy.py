@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
+import io
 import json
 import re
 import shlex
@@ -360,15 +362,38 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
     return found[0]
 
 
-def k8s_env(tmp_path: Path) -> dict[str, str]:
-    """What a dmworker pod's environment becomes from configmap.yaml + secret.example.yaml."""
-    env = {str(k): str(v) for k, v in one(yaml_docs("configmap.yaml"), "ConfigMap")["data"].items()}
-    secrets = yaml_docs("secret.example.yaml")
-    env.update({k: str(v) for k, v in one(secrets, "Secret", "dmworker-secrets")["stringData"].items()})
-    accounts = one(secrets, "Secret", "dmworker-accounts")["stringData"]["accounts.json"]
-    assert env["DMWORKER_ACCOUNTS_FILE"] == "/etc/dmworker/accounts.json"
-    (tmp_path / "accounts.json").write_text(accounts)
-    env["DMWORKER_ACCOUNTS_FILE"] = str(tmp_path / "accounts.json")
+def k8s_pod_env(spec: dict[str, Any], tmp_path: Path) -> dict[str, str]:
+    """The environment the first container of a pod spec gets from configmap.yaml and
+    secret.example.yaml (envFrom, then env), with mounted secret files copied to ``tmp_path``."""
+    maps = {d["metadata"]["name"]: d["data"] for d in yaml_docs("configmap.yaml")}
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in yaml_docs("secret.example.yaml")}
+    container = spec["containers"][0]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ((kind, ref),) = source.items()
+        env.update({k: str(v) for k, v in (maps if kind == "configMapRef" else secrets)[ref["name"]].items()})
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+            continue
+        ((kind, ref),) = var["valueFrom"].items()
+        values = (maps if kind == "configMapKeyRef" else secrets)[ref["name"]]
+        if ref["key"] in values:
+            env[var["name"]] = str(values[ref["key"]])
+        else:
+            assert ref.get("optional"), f"{var['name']}: {ref['name']} has no key {ref['key']}"
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        vol = volumes[mount["name"]]
+        if "secret" in vol:
+            for key, value in secrets[vol["secret"]["secretName"]].items():
+                local = tmp_path / Path(mount["mountPath"]).relative_to("/") / key
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_text(str(value))
+    if env.get("DMWORKER_ACCOUNTS_FILE"):
+        local = tmp_path / Path(env["DMWORKER_ACCOUNTS_FILE"]).relative_to("/")
+        assert local.is_file(), f"{env['DMWORKER_ACCOUNTS_FILE']} is not mounted from a Secret"
+        env["DMWORKER_ACCOUNTS_FILE"] = str(local)
     return env
 
 
@@ -494,16 +519,10 @@ def test_k8s_documents_are_well_formed() -> None:
 def test_k8s_deployments() -> None:
     specs = pod_specs()
     assert set(specs) == {"dmworker-web", "dmworker-worker", "dmworker-scheduler"}
-    config = one(yaml_docs("configmap.yaml"), "ConfigMap")["metadata"]["name"]
-    secrets = {d["metadata"]["name"] for d in yaml_docs("secret.example.yaml")}
     for name, spec in specs.items():
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         for c in spec["containers"]:
-            refs = {(k, v["name"]) for e in c.get("envFrom", []) for k, v in e.items()}
-            assert ("configMapRef", config) in refs and ("secretRef", "dmworker-secrets") in refs, name
-        for vol in spec.get("volumes", []):
-            if "secret" in vol:
-                assert vol["secret"]["secretName"] in secrets, name
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False, name
     assert specs["dmworker-worker"]["terminationGracePeriodSeconds"] >= 60
     web = specs["dmworker-web"]["containers"][0]
     for probe in ("livenessProbe", "readinessProbe"):
@@ -511,6 +530,19 @@ def test_k8s_deployments() -> None:
     service = one(yaml_docs("web.yaml"), "Service")
     web_labels = one(yaml_docs("web.yaml"), "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= web_labels.items()
+
+
+@pytest.mark.parametrize("name", ["dmworker-web", "dmworker-worker", "dmworker-scheduler"])
+def test_k8s_pod_configuration_loads(name: str, tmp_path: Path) -> None:
+    settings = Settings.from_env(k8s_pod_env(pod_specs()[name], tmp_path))
+    assert settings.redis_url and settings.redis_url.startswith("rediss://")
+    assert "ssl_cert_reqs=required" in settings.redis_url, "kombu skips certificate checks without it"
+    if name == "dmworker-scheduler":  # least privilege: Redis only
+        assert not settings.accounts and not settings.app_secret and not settings.api_tokens
+    else:
+        assert settings.default_account in settings.accounts
+    if name == "dmworker-web":
+        assert settings.app_secret and settings.verify_token and settings.api_tokens
 
 
 def test_k8s_secret_example_holds_placeholders_only() -> None:
@@ -581,13 +613,17 @@ def test_every_dmworker_subcommand_exists(cli_parser: argparse.ArgumentParser) -
             )
             parser, path = subs[word], [*path, word]
         assert len(path) > 1, f"{cmd.source}: `{shlex.join(cmd.argv)}` names no subcommand"
-        # an action word given as a positional with choices (`dmworker dlq list`)
-        rest = args[len(path) - 1:]
-        positionals = [a for a in parser._actions if not a.option_strings and a.dest != "help"]
-        if rest and not rest[0].startswith("-") and positionals and positionals[0].choices:
-            assert rest[0] in positionals[0].choices, (
-                f"{cmd.source}: `{' '.join(path)} {rest[0]}`: expected one of {positionals[0].choices}"
-            )
+        # The whole line parses (action choices like `dlq list`, required arguments, option types).
+        # Options the CLI does not know are accepted only by a subcommand that passes its remaining
+        # arguments on (`worker` to `celery worker`: a REMAINDER positional).
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            try:
+                _, unknown = cli_parser.parse_known_args(list(args))
+            except SystemExit as e:
+                pytest.fail(f"{cmd.source}: `{shlex.join(cmd.argv)}` does not parse: {err.getvalue()} ({e})")
+        passes_on = any(a.nargs == argparse.REMAINDER for a in parser._actions if not a.option_strings)
+        assert not unknown or passes_on, f"{cmd.source}: `{' '.join(path)}` does not know {unknown}"
 
 
 def test_every_gunicorn_serves_the_app_factory() -> None:
@@ -628,13 +664,6 @@ def test_configuration_doc_accounts_example_loads(tmp_path: Path) -> None:
     settings = Settings.from_env({"DMWORKER_ACCOUNTS_FILE": str(path)})
     assert settings.accounts
     assert any(a.rates for a in settings.accounts.values())
-
-
-def test_k8s_configuration_loads(tmp_path: Path) -> None:
-    settings = Settings.from_env(k8s_env(tmp_path))
-    assert settings.redis_url and settings.redis_url.startswith("rediss://")
-    assert settings.default_account in settings.accounts
-    assert settings.app_secret and settings.verify_token and settings.api_tokens
 
 
 def test_env_example_and_compose_configuration_load() -> None:

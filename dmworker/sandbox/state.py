@@ -153,7 +153,7 @@ class SandboxState:
         comment = self.comments.get((account, comment_id))
         if comment is None:
             if self.enforce_windows:
-                raise no_object(comment_id)
+                raise no_object(comment_id, "post")
             comment = {"from": f"commenter_{comment_id}", "at_ms": t, "replied": False}
             self.comments[(account, comment_id)] = comment
         if comment["replied"]:
