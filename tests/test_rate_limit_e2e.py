@@ -90,9 +90,13 @@ def test_a_throttled_account_pauses_with_one_probe_while_others_flow(settings, s
         during = [x for x in reqs_a if first + 250 < x["t_ms"] < end]
         print(f"requests to A during the pause: {len(during)}; throttled answers: {len(throttled)}")
         assert len(during) <= 1
-        # ... account B was not slowed: all its sends done before A's pause ended
-        b_last = sandbox.sends(ACCOUNT2)[-1]["t_ms"]
-        assert b_last < end, (b_last - t_throttle)
+        # ... account B was not slowed: its sends kept flowing through A's pause (no gap near 3 s)
+        b_times = [x["t_ms"] for x in sandbox.sends(ACCOUNT2)]
+        gaps = [b - a for a, b in zip(b_times, b_times[1:])]
+        print(f"B: first {b_times[0] - t_throttle:.0f} ms, last {b_times[-1] - t_throttle:.0f} ms after the "
+              f"throttle began; largest gap {max(gaps):.0f} ms")
+        assert max(gaps) < 1000
+        assert any(first < t < end for t in b_times) or b_times[-1] < first + 250
         # ... nothing dead-lettered, everything delivered in order
         assert DeadLetters(ob.store).count() == 0
         for acct, rs in ((ACCOUNT, ra), (ACCOUNT2, rb)):
