@@ -5,7 +5,8 @@ env file); the Procfile too.  From all of them (k8s ``command``/``args``, compos
 Dockerfile ``RUN``/``CMD``, systemd ``Exec*``, Procfile lines, ``sh`` blocks of ``docs/``) the
 commands are extracted, and:
 
-- every ``dmworker <subcommand>`` names a subcommand of ``dmworker.cli.build_parser()``;
+- every ``dmworker <subcommand> ...`` names a subcommand of ``dmworker.cli.build_parser()`` and
+  parses with it;
 - every ``gunicorn`` serves ``dmworker.web:create_app()``;
 - every ``celery`` names ``-A dmworker.celery_app``.
 

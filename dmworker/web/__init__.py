@@ -25,6 +25,7 @@ from typing import Any
 import flask
 import redis
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
 
 from ..admin import DeadLetters
 from ..errors import RedisUnavailableError
@@ -87,12 +88,13 @@ def create_app(
 
 def _error_handlers(app: flask.Flask) -> None:
     @app.errorhandler(HTTPException)
-    def _http(e: HTTPException) -> flask.Response:
+    def _http(e: HTTPException) -> Response:
         resp = e.get_response()  # keeps Allow, WWW-Authenticate, ...
         code = (e.name or "error").lower().replace(" ", "_")
         message = e.description or e.name or "error"
         if e.code == 413:
-            message = f"the body is larger than DMWORKER_MAX_BODY_BYTES ({app.config['MAX_CONTENT_LENGTH']} bytes)"
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            message = f"the body is larger than DMWORKER_MAX_BODY_BYTES ({limit} bytes)"
         resp.set_data(flask.json.dumps({"error": code, "message": message}))
         resp.content_type = "application/json"
         return resp

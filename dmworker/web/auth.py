@@ -12,6 +12,7 @@ import hmac
 import logging
 
 import flask
+from flask.typing import ResponseReturnValue
 
 from .context import ctx, error
 
@@ -40,7 +41,7 @@ def bearer_of(header: str | None) -> str | None:
     return value
 
 
-def require_bearer() -> flask.ResponseReturnValue | None:
+def require_bearer() -> ResponseReturnValue | None:
     """``before_request`` hook: ``None`` to go on, else the 401 answer."""
     web = ctx()
     tokens = web.settings.api_tokens

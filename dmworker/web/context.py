@@ -72,12 +72,13 @@ def import_callback(spec: str | None) -> Callable[[dict[str, Any]], Any] | None:
         raise ConfigError(f"DMWORKER_EVENT_CALLBACK: cannot import {spec!r}: {e}") from None
     if not callable(target):
         raise ConfigError(f"DMWORKER_EVENT_CALLBACK: {spec!r} is not callable")
-    return target  # type: ignore[no-any-return]
+    return target
 
 
 def ctx() -> WebContext:
     """The context of the app handling the current request."""
-    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+    web: WebContext = current_app.extensions[EXTENSION]
+    return web
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:

@@ -1,0 +1,174 @@
+"""The producer HTTP API under ``/v1`` (bearer auth, see :mod:`.auth`): the Outbox and the operator
+views over HTTP.  A job is ``{"kind": ..., "recipient": ..., <the kind's arguments>, [account,
+delay, at, key, replace, cancel_on_reply, idempotency_key]}``; ``kind: "sequence"`` takes ``steps``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import flask
+from flask.typing import ResponseReturnValue
+
+from ..errors import JobNotFoundError, ValidationError, WindowClosedError
+from ..keys import account_of_job
+from ..outbox import _OPTS, Job
+from ..schemas import recipient_error
+from .auth import require_bearer
+from .context import ctx, error
+
+bp = flask.Blueprint("api", __name__, url_prefix="/v1")
+bp.before_request(require_bearer)
+
+MAX_DLQ_LIMIT = 1000
+
+
+@bp.errorhandler(ValidationError)
+def _invalid(e: ValidationError) -> ResponseReturnValue:
+    body: dict[str, Any] = {"error": "validation", "fields": e.messages}
+    if isinstance(e, WindowClosedError):
+        body.update(message=e.messages["window"][0], closes_at_ms=e.closes_at_ms)
+    return flask.jsonify(body), 422
+
+
+@bp.errorhandler(JobNotFoundError)
+def _not_found(e: JobNotFoundError) -> ResponseReturnValue:
+    return error(404, "not_found", str(e))
+
+
+def _job_id(raw: str) -> str:
+    """``raw`` if it is shaped like a job id (else a 404, as for an unknown one)."""
+    try:
+        account_of_job(raw)
+    except ValueError:
+        raise JobNotFoundError(raw) from None
+    return raw
+
+
+def _account_arg() -> str | None:
+    return flask.request.args.get("account") or None
+
+
+# ----------------------------------------------------------------------------------- messages
+@bp.post("/messages")
+def post_messages() -> ResponseReturnValue:
+    try:
+        body = json.loads(flask.request.get_data())
+    except ValueError:
+        return error(400, "bad_request", "the body is not valid JSON")
+    header_key = flask.request.headers.get("Idempotency-Key") or None
+    outbox = ctx().outbox
+    if isinstance(body, list):
+        if not body:
+            raise ValidationError({"_schema": ["the batch is empty"]})
+        items = []
+        for i, item in enumerate(body):
+            if header_key and isinstance(item, dict) and "idempotency_key" not in item:
+                item = {**item, "idempotency_key": f"{header_key}:{i}"}
+            items.append(item)
+        jobs = outbox.send_many(items)
+    elif isinstance(body, dict):
+        if header_key and "idempotency_key" not in body:
+            body = {**body, "idempotency_key": header_key}
+        jobs = [_submit_one(body)]
+    else:
+        return error(400, "bad_request", "the body must be a job object or a list of job objects")
+    return flask.jsonify({"jobs": [_job_view(j) for j in jobs]}), 202
+
+
+def _submit_one(item: Mapping[str, Any]) -> Job:
+    body = dict(item)
+    kind, recipient = body.pop("kind", None), body.pop("recipient", None)
+    opts = {k: body.pop(k) for k in _OPTS if k in body}
+    if not isinstance(kind, str) or not isinstance(recipient, str):
+        names = [n for n, v in (("kind", kind), ("recipient", recipient)) if not isinstance(v, str)]
+        raise ValidationError({n: ["missing or not a string"] for n in names})
+    outbox = ctx().outbox
+    if kind == "sequence":
+        extra = sorted(set(body) - {"steps"})
+        if extra:
+            raise ValidationError({name: ["Unknown field."] for name in extra})
+        return outbox.submit_sequence(recipient, body.get("steps"), **opts)  # type: ignore[arg-type]
+    return outbox.submit(kind, recipient, body, **opts)
+
+
+def _job_view(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "ids": list(job.ids), "account": job.account, "recipient": job.recipient,
+            "due_ms": job.due_ms, "duplicate": job.duplicate}
+
+
+# ----------------------------------------------------------------------------------- jobs
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str) -> ResponseReturnValue:
+    return flask.jsonify(ctx().outbox.status(_job_id(job_id)).to_dict())
+
+
+@bp.delete("/jobs/<job_id>")
+def delete_job(job_id: str) -> ResponseReturnValue:
+    job_id = _job_id(job_id)
+    return _cancel(account_of_job(job_id), job_id=job_id)
+
+
+@bp.delete("/followups")
+def delete_followup() -> ResponseReturnValue:
+    key = flask.request.args.get("key")
+    if not key:
+        raise ValidationError({"key": ["Missing data for required field."]})
+    account = _account_arg() or ctx().outbox.account
+    if not account:
+        raise ValidationError({"account": ["no account given and no default account configured"]})
+    return _cancel(account, key=key)
+
+
+def _cancel(account: str, job_id: str | None = None, key: str | None = None) -> ResponseReturnValue:
+    tag, found, state = ctx().store.cancel(account, job_id=job_id, key=key)
+    if tag == "notfound":
+        raise JobNotFoundError(job_id or f"key={key}")
+    if tag == "cancelled":
+        return flask.jsonify({"cancelled": True, "id": found})
+    return flask.jsonify({"cancelled": False, "id": found, "state": state}), 409
+
+
+# ----------------------------------------------------------------------------------- dead letters
+@bp.get("/dlq")
+def list_dlq() -> ResponseReturnValue:
+    raw = flask.request.args.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_DLQ_LIMIT:
+        raise ValidationError({"limit": [f"must be an integer from 1 to {MAX_DLQ_LIMIT}"]})
+    items = ctx().dead_letters.list(_account_arg(), limit=int(raw))
+    return flask.jsonify({"dead_letters": [s.to_dict() for s in items]})
+
+
+@bp.get("/dlq/<job_id>")
+def show_dlq(job_id: str) -> ResponseReturnValue:
+    status, job = ctx().dead_letters.show(_job_id(job_id))
+    return flask.jsonify({"status": status.to_dict(), "job": job})
+
+
+@bp.post("/dlq/<job_id>/replay")
+def replay_dlq(job_id: str) -> ResponseReturnValue:
+    ctx().dead_letters.replay(_job_id(job_id))
+    return flask.jsonify({"replayed": True, "id": job_id})
+
+
+@bp.delete("/dlq")
+def purge_dlq() -> ResponseReturnValue:
+    return flask.jsonify({"purged": ctx().dead_letters.purge(_account_arg())})
+
+
+# ----------------------------------------------------------------------------------- state
+@bp.get("/windows/<igsid>")
+def get_window(igsid: str) -> ResponseReturnValue:
+    bad = recipient_error("text", igsid)
+    if bad:
+        raise ValidationError({"igsid": [bad]})
+    return flask.jsonify(ctx().outbox.window(igsid, account=_account_arg()).to_dict())
+
+
+@bp.get("/accounts")
+def get_accounts() -> ResponseReturnValue:
+    from ..admin import account_states
+
+    return flask.jsonify({"accounts": [a.to_dict() for a in account_states(ctx().store)]})

@@ -1,0 +1,192 @@
+"""``/webhooks/instagram``: Meta's verification handshake and signed inbound events (graph-api.md §7).
+
+A POST is checked before anything else: ``X-Hub-Signature-256`` must be ``sha256=<hex>`` of
+HMAC-SHA256(app secret, raw body), compared in constant time; otherwise 403 and nothing is read
+or recorded.  Then, per ``entry`` and per ``messaging`` event, one :meth:`LaneStore.inbound` call
+de-duplicates the event, opens the user's window and cancels their cancel-on-reply follow-ups:
+
+==============================  =============  ==================  =====================
+event                           opens window   cancels follow-ups  de-duplicated by
+==============================  =============  ==================  =====================
+message (text, attachment,      yes            yes                 message.mid
+quick-reply tap)
+postback                        yes            yes                 postback.mid
+reaction (react / unreact)      react only     no                  reaction.mid + action
+referral                        yes            no                  sha256(sender, ts, ref)
+message echo, read, unknown     ignored        -                   -
+==============================  =============  ==================  =====================
+
+``changes`` with ``field: comments`` record the comment time (private-reply window).  Each new
+event goes to the user's ``DMWORKER_EVENT_TASK`` / ``DMWORKER_EVENT_CALLBACK``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import flask
+from flask.typing import ResponseReturnValue
+
+from .context import WebContext, ctx, error
+
+log = logging.getLogger("dmworker.web.webhook")
+
+bp = flask.Blueprint("webhook", __name__)
+
+_SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
+
+
+def signature_ok(secret: str | None, raw: bytes, header: str | None) -> bool:
+    """Whether ``header`` is ``sha256=<HMAC-SHA256(secret, raw)>`` (constant-time compare)."""
+    if not secret or not header:
+        return False
+    m = _SIGNATURE.fullmatch(header.strip())
+    if m is None:
+        return False
+    expected = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, m.group(1).lower())
+
+
+@bp.get("/webhooks/instagram")
+def verify() -> ResponseReturnValue:
+    args = flask.request.args
+    expected = ctx().settings.verify_token
+    given = args.get("hub.verify_token", "")
+    if (args.get("hub.mode") == "subscribe" and expected
+            and hmac.compare_digest(given.encode(), expected.encode())):
+        return flask.Response(args.get("hub.challenge", ""), 200, mimetype="text/plain")
+    log.warning("webhook verification refused (wrong mode or verify token)")
+    return error(403, "forbidden", "verification failed")
+
+
+@bp.post("/webhooks/instagram")
+def receive() -> ResponseReturnValue:
+    web = ctx()
+    raw = flask.request.get_data(cache=False)
+    if not signature_ok(web.settings.app_secret, raw, flask.request.headers.get("X-Hub-Signature-256")):
+        log.warning("webhook refused: %s", "bad or missing signature" if web.settings.app_secret
+                    else "no DMWORKER_APP_SECRET configured")
+        return error(403, "forbidden", "invalid or missing X-Hub-Signature-256")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return error(400, "bad_request", "the body is not valid JSON")
+    if not isinstance(body, dict):
+        return error(400, "bad_request", "the body must be a JSON object")
+    if body.get("object") != "instagram":
+        log.info("webhook ignored: object %r", str(body.get("object"))[:40])
+        return {"received": 0, "new": 0}
+    entries = body.get("entry")
+    received, new = 0, []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict):
+            n, got = _entry(web, entry)
+            received += n
+            new += got
+    for event in new:
+        web.deliver(event)
+    return {"received": received, "new": len(new)}
+
+
+def _entry(web: WebContext, entry: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+    """(events seen, new events to pass on) of one ``entry``."""
+    entry_id = str(entry.get("id", ""))
+    account = entry_id if entry_id in web.settings.accounts else web.settings.default_account
+    messaging = _list(entry.get("messaging"))
+    changes = _list(entry.get("changes"))
+    seen = len(messaging) + len(changes)
+    if account is None:
+        log.warning("webhook entry for unconfigured account %s skipped (%d events)", entry_id[:40], seen)
+        return seen, []
+    out = []
+    for ev in messaging:
+        got = _messaging(web, account, ev, _ms(entry.get("time")))
+        if got is not None:
+            out.append(got)
+    for change in changes:
+        got = _comment(web, account, change, _ms(entry.get("time")))
+        if got is not None:
+            out.append(got)
+    return seen, out
+
+
+def classify(ev: Mapping[str, Any], sender: str, ts: int) -> tuple[str, str, bool, bool] | None:
+    """(kind, event id, opens window, cancels follow-ups) of a messaging event, ``None`` to ignore it."""
+    for kind in ("message", "postback", "reaction", "referral"):
+        part = ev.get(kind)
+        if kind not in ev:
+            continue
+        if not isinstance(part, dict):
+            return None
+        if kind == "message" and (part.get("is_echo") or part.get("is_deleted")):
+            return None
+        mid = part.get("mid")
+        if kind == "referral" or not isinstance(mid, str) or not mid:
+            ref = part.get("ref") if kind == "referral" else part
+            digest = hashlib.sha256(json.dumps([kind, sender, ts, ref], sort_keys=True, default=str)
+                                    .encode()).hexdigest()
+            return kind, f"{kind}:{digest}", True, kind in ("message", "postback")
+        if kind == "reaction":
+            action = str(part.get("action", ""))
+            return kind, f"reaction:{mid}:{action}", action == "react", False
+        return kind, f"{kind}:{mid}", True, True
+    return None  # read, delivery, unknown kinds
+
+
+def _messaging(web: WebContext, account: str, ev: Any, entry_ms: int | None) -> dict[str, Any] | None:
+    if not isinstance(ev, dict):
+        return None
+    sender = ev.get("sender")
+    user = sender.get("id") if isinstance(sender, dict) else None
+    if not isinstance(user, (str, int)) or isinstance(user, bool) or str(user) in ("", account):
+        return None
+    user = str(user)
+    ts = _ms(ev.get("timestamp")) or entry_ms or int(time.time() * 1000)
+    what = classify(ev, user, ts)
+    if what is None:
+        log.debug("webhook event ignored (%s)", ",".join(sorted(k for k in ev if isinstance(k, str)))[:80])
+        return None
+    kind, event_id, opens, cancels = what
+    is_new, cancelled = web.store.inbound(account, user, event_id, ts, opens_window=opens, cancels=cancels)
+    if not is_new:
+        return None
+    if cancelled:
+        log.info("%s from the user cancelled %d follow-up(s)", kind, len(cancelled),
+                 extra={"account": account, "recipient": user})
+    return {"account": account, "user": user, "kind": kind, "timestamp_ms": ts, "event": ev}
+
+
+def _comment(web: WebContext, account: str, change: Any, entry_ms: int | None) -> dict[str, Any] | None:
+    """Record a comment's time (HSETNX: the first delivery wins); the event if it is new."""
+    if not isinstance(change, dict) or change.get("field") != "comments":
+        return None
+    value = change.get("value")
+    comment_id = value.get("id") if isinstance(value, dict) else None
+    if not isinstance(comment_id, str) or not comment_id or not isinstance(value, dict):
+        return None
+    author = value.get("from")
+    user = str(author.get("id", "")) if isinstance(author, dict) else ""
+    if user == account:
+        return None
+    ts = _ms(value.get("timestamp")) or entry_ms or int(time.time() * 1000)
+    if not web.redis.hsetnx(web.store.acct(account).comments, comment_id, ts):
+        return None
+    return {"account": account, "user": user, "kind": "comment", "timestamp_ms": ts, "event": change}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _ms(value: Any) -> int | None:
+    """An epoch time in milliseconds (values that look like seconds are scaled)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return None
+    return int(value * 1000) if value < 100_000_000_000 else int(value)
