@@ -98,12 +98,13 @@ def _set_lane_worker(w: Any) -> Any:
 @worker_ready.connect
 def _start_dispatcher(sender: Any = None, **_: Any) -> None:
     global _dispatch_stop
-    rt = get_runtime()
-    if not rt.settings.embedded_scheduler:
-        return
-    from .dispatcher import Dispatcher, start_thread
+    from .dispatcher import Dispatcher, start_heartbeat, start_thread
 
-    hostname = getattr(sender, "hostname", None)
+    rt = get_runtime()
+    hostname = getattr(sender, "hostname", None) or "worker"
+    if not rt.settings.embedded_scheduler:
+        _dispatch_stop = start_heartbeat(rt.store, hostname)
+        return
     _, _dispatch_stop = start_thread(Dispatcher(rt.store, publish, name=hostname))
     log.info("dispatcher thread started")
 

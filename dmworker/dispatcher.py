@@ -81,8 +81,7 @@ class Dispatcher:
         now = time.monotonic()
         if now - self._last_beat > 5:
             self._last_beat = now
-            sec, usec = self.store.redis.time()
-            self.store.redis.zadd(self.store.keys.workers, {self.name: int(sec) * 1000 + usec // 1000})
+            beat(self.store, self.name)
         if now - self._last_trim > 60:
             self._last_trim = now
             for account in self.accounts():
@@ -108,6 +107,28 @@ class Dispatcher:
                 failing = True
                 sleep = 1.0
             stop.wait(sleep)
+
+
+def beat(store: LaneStore, name: str) -> None:
+    """Record that process ``name`` is alive (``/healthz`` looks for a beat younger than 30 s)."""
+    sec, usec = store.redis.time()
+    store.redis.zadd(store.keys.workers, {name: int(sec) * 1000 + int(usec) // 1000})
+
+
+def start_heartbeat(store: LaneStore, name: str, every_s: float = 5.0) -> threading.Event:
+    """Beat every ``every_s`` seconds in a daemon thread (workers that run no dispatcher)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                beat(store, name)
+            except Exception:  # Redis down: try again at the next beat
+                log.debug("heartbeat failed", exc_info=True)
+            stop.wait(every_s)
+
+    threading.Thread(target=loop, name="dmworker-heartbeat", daemon=True).start()
+    return stop
 
 
 def start_thread(dispatcher: Dispatcher) -> tuple[threading.Thread, threading.Event]:

@@ -87,6 +87,7 @@ def settings(redis_url: str, key_prefix: str, sandbox: object) -> Settings:
     base = Settings.from_env({})
     return base.with_overrides(
         redis_url=redis_url,
+        broker_url=os.environ.get("DMWORKER_TEST_BROKER_URL") or None,  # e.g. amqp://guest:guest@127.0.0.1//
         key_prefix=key_prefix,
         graph_url=sandbox.url + "/v25.0",  # type: ignore[attr-defined]
         accounts={ACCOUNT: AccountConfig(ACCOUNT, TOKEN), ACCOUNT2: AccountConfig(ACCOUNT2, TOKEN2)},

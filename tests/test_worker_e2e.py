@@ -55,8 +55,10 @@ def _publisher(settings):
     from dmworker.redisconn import broker_url
 
     app = Celery("dmworker-test-producer", set_as_current=False)
-    app.conf.update(broker_url=broker_url(settings), task_serializer="json", accept_content=["json"],
-                    broker_transport_options={"global_keyprefix": f"{settings.key_prefix}:celery:"})
+    url = broker_url(settings)
+    app.conf.update(broker_url=url, task_serializer="json", accept_content=["json"])
+    if url.startswith("redis"):
+        app.conf.broker_transport_options = {"global_keyprefix": f"{settings.key_prefix}:celery:"}
     queue = f"{settings.key_prefix}.lanes"
 
     def publish(account: str, recipient: str) -> None:
