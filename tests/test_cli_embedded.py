@@ -1,0 +1,89 @@
+"""The command line, and the embedded Redis used when no DMWORKER_REDIS_URL is set."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+from conftest import ACCOUNT
+
+from dmworker.cli import COMMANDS, build_parser
+from dmworker.redisconn import ensure_embedded, stop_embedded
+from dmworker.settings import settings_to_env
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dmworker.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_every_command_has_help():
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert set(COMMANDS) == set(sub.choices)
+    for cmd in COMMANDS:
+        out = _cli(dict(os.environ), cmd, "--help")
+        assert out.returncode == 0 and "usage:" in out.stdout, (cmd, out.stderr)
+
+
+def test_send_status_cancel_dlq_accounts_from_the_command_line(settings, tmp_path):
+    env = {**os.environ, **settings_to_env(settings, str(tmp_path / "accounts.json"))}
+    env["DMWORKER_ACCOUNT_ID"] = ACCOUNT
+    # send a follow-up (no worker runs: it stays scheduled), read it back, cancel it
+    out = _cli(env, "send", "text", "5550001", "Hi there", "--delay", "3600", "--key", "nudge")
+    assert out.returncode == 0, out.stderr
+    job = json.loads(out.stdout)
+    st = json.loads(_cli(env, "status", job["id"]).stdout)
+    assert st["state"] == "scheduled" and st["key"] == "nudge" and st["recipient"] == "5550001"
+    assert _cli(env, "cancel", "--key", "nudge").stdout.strip() == "cancelled"
+    assert json.loads(_cli(env, "status", job["id"]).stdout)["state"] == "cancelled"
+    # bad input: a clear error, exit 2, nothing queued
+    bad = _cli(env, "send", "text", "5550001", "x" * 1001)
+    assert bad.returncode == 2 and "text" in bad.stderr and "bytes" in bad.stderr
+    assert json.loads(_cli(env, "dlq", "list").stdout) == []
+    acc = json.loads(_cli(env, "accounts", "--json").stdout)
+    assert any(a["account"] == ACCOUNT and a["limits"]["text"] == "100/s" for a in acc)
+    assert _cli(env, "status", "nope").returncode == 2
+
+
+def test_embedded_redis_is_shared_and_persistent(tmp_path):
+    # Given no Redis URL: the first user starts the embedded server under the data directory
+    data = str(tmp_path / "data")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMWORKER_")}
+    env["DMWORKER_DATA_DIR"] = data
+    code = ("from dmworker.settings import Settings; from dmworker import redisconn; "
+            "s = Settings.from_env(); c = redisconn.client(s); print(redisconn.redis_url(s)); {}")
+    try:
+        a = subprocess.run([sys.executable, "-c", code.format("c.set('dmwembed:k', 'v')")], env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert a.returncode == 0, a.stderr
+        assert "using the embedded Redis" in a.stderr  # one line says so and how to use a real one
+        # Then the next process reuses it (same socket, sees the data) without starting another
+        b = subprocess.run([sys.executable, "-c", code.format("print(c.get('dmwembed:k'))")], env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert b.stdout.split() == [a.stdout.strip(), "v"] and "using the embedded" not in b.stderr
+        # ... and the data survives a restart of the server (AOF under the data directory)
+        sock = ensure_embedded(data)
+        redis.Redis(unix_socket_path=str(sock)).execute_command("BGREWRITEAOF")
+        stop_embedded(data)
+        import time
+
+        time.sleep(0.5)
+        sock = ensure_embedded(data)
+        assert redis.Redis(unix_socket_path=str(sock)).get("dmwembed:k") == b"v"
+    finally:
+        stop_embedded(data)
+
+
+def test_with_a_url_nothing_embedded_starts(tmp_path, redis_url):
+    if redis_url.startswith("unix://"):
+        pytest.skip("this run itself uses the embedded Redis")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMWORKER_")}
+    env.update(DMWORKER_DATA_DIR=str(tmp_path / "d"), DMWORKER_REDIS_URL=redis_url)
+    out = subprocess.run([sys.executable, "-c", "from dmworker.settings import Settings; from dmworker import "
+                          "redisconn; print(redisconn.client(Settings.from_env()).ping())"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True" and not (tmp_path / "d").exists()
