@@ -98,6 +98,12 @@ class LaneWorker:
         if step.state_before == "sending":
             log.warning("resending a job whose worker died mid-send (it may be delivered twice)", extra=extra)
         outcome = send(job, attempts=step.attempts, client=self.clients.get(account), settings=self.settings)
+        if outcome["o"] == "throttled":
+            pause = outcome.get("pause_ms")
+            log.warning(
+                "account %s paused (%s) %s: no send to it until then, then one probe",
+                account, "Meta policy block, code 368" if outcome.get("reason") == "policy_block" else "throttled",
+                f"for {pause / 1000:g} s" if pause else "with exponential backoff", extra=extra)
         level = logging.INFO if outcome["o"] == "sent" else logging.WARNING
         log.log(level, "%s %s (attempt %d)%s", job["kind"], outcome["o"], step.attempts,
                 f": {outcome['err'].get('message')}" if outcome.get("err") else "", extra=extra)

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from conftest import ACCOUNT, ACCOUNT2, TOKEN, TOKEN2
 from dmworker.keys import Keys
@@ -265,7 +267,8 @@ def test_healthz_needs_a_fresh_heartbeat(api, rdb, key_prefix):
 
 
 def test_redis_unreachable_is_503(asettings):
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, decode_responses=True)
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, decode_responses=True,
+                       retry=Retry(NoBackoff(), 0))
     api = make_api(asettings, dead, [])
     resp = api.post("/v1/messages", {"kind": "text", "recipient": USER, "text": "x"})
     assert resp.status_code == 503 and "Redis is unreachable" in resp.json["message"]
