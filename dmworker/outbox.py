@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import logging
+
 import redis
 
 from .errors import JobNotFoundError, RedisUnavailableError, ValidationError, WindowClosedError
@@ -31,6 +33,7 @@ from .service import HUMAN_AGENT_WINDOW_MS, WINDOW_MS, enforce_windows, window_l
 from .settings import Settings
 
 Delay = timedelta | float | int
+log = logging.getLogger("dmworker.outbox")
 
 
 @dataclass(frozen=True)
@@ -325,7 +328,11 @@ class Outbox:
                 to_publish.append((p.account, p.lane))
             out.append(Job(res.ids[0], res.ids, p.account, p.lane, res.due_ms, duplicate=res.status == "dup"))
         if to_publish:
-            self._publish_many(to_publish)
+            try:
+                self._publish_many(to_publish)
+            except Exception:  # the jobs are safe in Redis; the dispatcher publishes them after its grace
+                log.warning("could not publish to the Celery broker; the dispatcher will pick the lanes up "
+                            "within DMWORKER_DISPATCH_GRACE_MS", exc_info=True)
         return out
 
     def _publish_many(self, lanes: list[tuple[str, str]]) -> None:

@@ -9,14 +9,13 @@ import time
 from typing import Any
 
 import pytest
+from conftest import ACCOUNT, ACCOUNT2
 
 from dmworker.errors import WindowClosedError
 from dmworker.lanes import LaneStore
 from dmworker.outbox import Outbox
 from dmworker.web import create_app
 from dmworker.worker import LaneWorker
-
-from conftest import ACCOUNT, ACCOUNT2
 
 APP_SECRET = "app-secret-for-webhook-tests-0123"
 VERIFY = "verify-token-for-webhook-tests"
@@ -85,7 +84,8 @@ def published() -> list:
 
 @pytest.fixture
 def client(wsettings, rdb, published):
-    return create_app(wsettings, redis_client=rdb, publish=lambda a, r: published.append((a, r))).test_client()
+    app = create_app(wsettings, redis_client=rdb, publish=lambda a, r: published.append((a, r)))
+    return app.test_client()
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_without_an_app_secret_every_post_is_refused(settings, rdb):
 
 def test_message_postback_and_reaction_open_windows_read_echo_and_unreact_do_not(client, outbox):
     users = {"message": "6001", "quick_reply": "6002", "postback": "6003", "reaction": "6004",
-             "read": "6005", "echo": "6006", "unreact": "6007", "own": ACCOUNT}
+             "read": "6005", "echo": "6006", "unreact": "6007", "referral": "6008", "own": ACCOUNT}
     events = [
         message(users["message"], "mid.m"),
         message(users["quick_reply"], "mid.q", quick_reply={"payload": "YES"}),
@@ -151,11 +151,14 @@ def test_message_postback_and_reaction_open_windows_read_echo_and_unreact_do_not
         message(users["echo"], "mid.e", is_echo=True),
         reaction(users["unreact"], "mid.u", action="unreact"),
         message(ACCOUNT, "mid.own"),  # the account's own message, seen as sender
+        event(users["referral"], referral={"ref": "summer", "source": "ADS"}),
     ]
     resp = post(client, envelope(*events))
-    assert resp.json == {"received": 8, "new": 5}  # message, quick reply, postback, react, unreact
+    # new: message, quick reply, postback, react, unreact, referral
+    assert resp.json == {"received": 9, "new": 6}
     opened = {name for name, user in users.items() if outbox.window(user).open}
-    assert opened == {"message", "quick_reply", "postback", "reaction"}
+    assert opened == {"message", "quick_reply", "postback", "reaction", "referral"}
+    assert post(client, envelope(*events)).json == {"received": 9, "new": 0}
 
 
 @pytest.mark.parametrize("reply", ["message", "quick_reply", "postback"])
@@ -180,7 +183,8 @@ def test_a_reply_cancels_cancel_on_reply_followups_but_a_reaction_does_not(clien
 
 def test_a_batch_of_entries_for_several_accounts(client, outbox, rdb):
     payload = {"object": "instagram", "entry": [
-        {"id": ACCOUNT, "time": now_ms(), "messaging": [message("7001", "mid.b1"), postback("7002", "mid.b2")]},
+        {"id": ACCOUNT, "time": now_ms(),
+         "messaging": [message("7001", "mid.b1"), postback("7002", "mid.b2")]},
         {"id": ACCOUNT2, "time": now_ms(), "messaging": [message("7003", "mid.b3")]},
         {"id": "17849999999999999", "time": now_ms(), "messaging": [message("7004", "mid.b4")]},  # -> default
     ]}
@@ -206,8 +210,9 @@ def test_new_events_reach_the_callback_and_a_failing_callback_does_not_fail_the_
     ev = message(USER, "mid.cb")
     post(client, envelope(ev))
     post(client, envelope(ev))  # redelivered: not passed on again
-    assert CALLBACK_EVENTS == [{"account": ACCOUNT, "user": USER, "kind": "message",
-                                "timestamp_ms": ev["timestamp"], "event": ev}]
+    expected = {"account": ACCOUNT, "user": USER, "kind": "message", "timestamp_ms": ev["timestamp"],
+                "event": ev}
+    assert [expected] == CALLBACK_EVENTS
     broken = create_app(wsettings.with_overrides(event_callback=f"{__name__}:failing_callback"),
                         redis_client=rdb, publish=lambda a, r: None).test_client()
     assert post(broken, envelope(message(USER, "mid.cb2"))).json == {"received": 1, "new": 1}

@@ -118,3 +118,28 @@ def test_2000_jobs_3_workers_faults_and_sigkill_lose_nothing_and_keep_order(sett
     assert acc.dead == 0, str(acc)
     assert any(x["status"] >= 500 or x.get("error_code") == 2 for x in sandbox.requests(ACCOUNT)), \
         "the sandbox injected no faults"
+
+
+def test_the_plain_celery_command_runs_dmworkers_app(settings, sandbox, rdb, tmp_path):
+    # Given a worker started with Celery's own command line (so Flower and the usual tooling apply)
+    import os
+    import subprocess
+    import sys
+
+    from dmworker.settings import settings_to_env
+
+    env = {**os.environ, **settings_to_env(settings, str(tmp_path / "accounts.json"))}
+    log = open(tmp_path / "celery.log", "wb")  # noqa: SIM115
+    p = subprocess.Popen([sys.executable, "-m", "celery", "-A", "dmworker.celery_app", "worker", "--pool",
+                          "threads", "--concurrency", "4", "--loglevel", "WARNING", "--without-gossip",
+                          "--without-mingle"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        sandbox.open_window(ACCOUNT, "5101")
+        ob = Outbox(settings=settings, client=rdb, publish=_publisher(settings))
+        job = ob.send_text("5101", "via celery -A")
+        # Then it delivers like `dmworker worker`
+        assert wait_until(lambda: ob.status(job.id).state == "sent", 30), (tmp_path / "celery.log").read_text()
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+        log.close()

@@ -56,7 +56,7 @@ def _account_arg() -> str | None:
 def post_messages() -> ResponseReturnValue:
     try:
         body = json.loads(flask.request.get_data())
-    except ValueError:
+    except (ValueError, RecursionError):
         return error(400, "bad_request", "the body is not valid JSON")
     header_key = flask.request.headers.get("Idempotency-Key") or None
     outbox = ctx().outbox

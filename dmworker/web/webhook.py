@@ -61,7 +61,8 @@ def verify() -> ResponseReturnValue:
     given = args.get("hub.verify_token", "")
     if (args.get("hub.mode") == "subscribe" and expected
             and hmac.compare_digest(given.encode(), expected.encode())):
-        return flask.Response(args.get("hub.challenge", ""), 200, mimetype="text/plain")
+        return flask.Response(args.get("hub.challenge", ""), 200, mimetype="text/plain",
+                              headers={"X-Content-Type-Options": "nosniff"})
     log.warning("webhook verification refused (wrong mode or verify token)")
     return error(403, "forbidden", "verification failed")
 
@@ -76,7 +77,7 @@ def receive() -> ResponseReturnValue:
         return error(403, "forbidden", "invalid or missing X-Hub-Signature-256")
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return error(400, "bad_request", "the body is not valid JSON")
     if not isinstance(body, dict):
         return error(400, "bad_request", "the body must be a JSON object")
