@@ -87,3 +87,16 @@ def test_with_a_url_nothing_embedded_starts(tmp_path, redis_url):
                           "redisconn; print(redisconn.client(Settings.from_env()).ping())"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True" and not (tmp_path / "d").exists()
+
+
+def test_conversations_read_side_from_the_command_line(settings, sandbox, tmp_path):
+    for user in ("5560001", "5560002", "5560003"):
+        sandbox.inbound(ACCOUNT, user, text=f"hello from {user}")
+    env = {**os.environ, **settings_to_env(settings, str(tmp_path / "accounts.json"))}
+    env["DMWORKER_ACCOUNT_ID"] = ACCOUNT
+    out = _cli(env, "conversations", "list", "--limit", "2")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("\t") for line in out.stdout.splitlines()]
+    assert len(rows) == 2 and all(r[0] for r in rows)
+    msgs = _cli(env, "conversations", "messages", rows[0][0])
+    assert msgs.returncode == 0 and "hello from" in msgs.stdout

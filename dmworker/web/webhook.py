@@ -84,20 +84,19 @@ def receive() -> ResponseReturnValue:
     if body.get("object") != "instagram":
         log.info("webhook ignored: object %r", str(body.get("object"))[:40])
         return {"received": 0, "new": 0}
-    entries = body.get("entry")
-    received, new = 0, []
-    for entry in entries if isinstance(entries, list) else []:
-        if isinstance(entry, dict):
-            n, got = _entry(web, entry)
-            received += n
-            new += got
-    for event in new:
-        web.deliver(event)
+    received, new = 0, list[dict[str, Any]]()
+    try:
+        for entry in _list(body.get("entry")):
+            if isinstance(entry, dict):
+                received += _entry(web, entry, new)
+    finally:  # Redis failing half-way (503, Meta redelivers): what was recorded still goes out
+        for event in new:
+            web.deliver(event)
     return {"received": received, "new": len(new)}
 
 
-def _entry(web: WebContext, entry: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]]]:
-    """(events seen, new events to pass on) of one ``entry``."""
+def _entry(web: WebContext, entry: Mapping[str, Any], out: list[dict[str, Any]]) -> int:
+    """Record one ``entry``: append its new events to ``out``; how many events it had."""
     entry_id = str(entry.get("id", ""))
     account = entry_id if entry_id in web.settings.accounts else web.settings.default_account
     messaging = _list(entry.get("messaging"))
@@ -105,8 +104,7 @@ def _entry(web: WebContext, entry: Mapping[str, Any]) -> tuple[int, list[dict[st
     seen = len(messaging) + len(changes)
     if account is None:
         log.warning("webhook entry for unconfigured account %s skipped (%d events)", entry_id[:40], seen)
-        return seen, []
-    out = []
+        return seen
     for ev in messaging:
         got = _messaging(web, account, ev, _ms(entry.get("time")))
         if got is not None:
@@ -115,7 +113,7 @@ def _entry(web: WebContext, entry: Mapping[str, Any]) -> tuple[int, list[dict[st
         got = _comment(web, account, change, _ms(entry.get("time")))
         if got is not None:
             out.append(got)
-    return seen, out
+    return seen
 
 
 def classify(ev: Mapping[str, Any], sender: str, ts: int) -> tuple[str, str, bool, bool] | None:
