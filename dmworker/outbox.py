@@ -180,7 +180,7 @@ class Outbox:
                     raise ValidationError({"_schema": ["expected an object"]})
                 body = dict(item)
                 kind, recipient = body.pop("kind", None), body.pop("recipient", None)
-                opts = {k: body.pop(k) for k in _OPTS if k in body}
+                opts = {k: body.pop(k) for k in OPTIONS if k in body}
                 if not isinstance(kind, str):
                     raise ValidationError({"kind": ["missing or not a string"]})
                 if not isinstance(recipient, str):
@@ -259,7 +259,7 @@ class Outbox:
         return acct
 
     def _prepare(self, kind: str, recipient: str, args: Mapping[str, Any], opts: Mapping[str, Any]) -> _Prepared:
-        unknown = set(opts) - set(_OPTS)
+        unknown = set(opts) - set(OPTIONS)
         if unknown:
             raise ValidationError({u: ["unknown option"] for u in sorted(unknown)})
         account = self._account(opts.get("account"))
@@ -292,7 +292,45 @@ class Outbox:
             raise ValidationError({"idempotency_key": ["must be a non-empty string of at most 200 characters"]})
         return _Prepared(account, lane, recipient, jobs, dict(opts, delay_ms=delay_ms, at_ms=at_ms), limit)
 
+    def _precheck_batch(self, prepared: Sequence[_Prepared]) -> None:
+        """Refuse a batch before writing anything if an item's window or follow-up key would refuse it.
+
+        The enqueue script checks both again atomically; this pass keeps a batch all-or-nothing.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        for p in prepared:
+            k = self.store.acct(p.account)
+            pipe.hget(k.windows, p.lane)
+            pipe.hget(k.followup_keys, p.opts.get("key") or "")
+        try:
+            out = pipe.execute()
+        except redis.RedisError as e:
+            raise RedisUnavailableError(f"Redis is unreachable; nothing was queued: {e}") from None
+        now = int(out[0][0]) * 1000 + int(out[0][1]) // 1000
+        errors: dict[str, list[str]] = {}
+        seen_keys: set[tuple[str, str]] = set()
+        for n, p in enumerate(prepared):
+            last, existing = out[1 + 2 * n], out[2 + 2 * n]
+            if p.window_limit_ms:
+                due = p.opts["at_ms"] or now + (p.opts["delay_ms"] or 0)
+                if last is None:
+                    errors[f"{n}.window"] = ["the messaging window is closed: this user has not messaged the account"]
+                elif due > int(last) + p.window_limit_ms:
+                    closes = int(last) + p.window_limit_ms
+                    errors[f"{n}.window"] = [f"the messaging window closes at {_iso(closes)} ({closes} ms), "
+                                             "before this job would be sent"]
+            key = p.opts.get("key")
+            if key:
+                if (existing and not p.opts.get("replace")) or (p.account, key) in seen_keys:
+                    errors[f"{n}.key"] = [f"a follow-up with key {key!r} is already pending; pass replace=True"]
+                seen_keys.add((p.account, key))
+        if errors:
+            raise ValidationError(errors)
+
     def _commit(self, prepared: Sequence[_Prepared]) -> list[Job]:
+        if len(prepared) > 1:
+            self._precheck_batch(prepared)
         try:
             pipe = self.redis.pipeline(transaction=False)
             new_accounts = {p.account for p in prepared} - self._known_accounts
@@ -347,7 +385,7 @@ class Outbox:
                 process_lane.apply_async((a, r), producer=producer)
 
 
-_OPTS = ("account", "delay", "at", "key", "replace", "cancel_on_reply", "idempotency_key")
+OPTIONS = ("account", "delay", "at", "key", "replace", "cancel_on_reply", "idempotency_key")
 
 
 class SequenceBuilder:

@@ -18,6 +18,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .settings import Settings
 
@@ -59,6 +61,8 @@ def client(settings: Settings) -> redis.Redis:
             socket_connect_timeout=5,
             socket_timeout=30,
             retry_on_timeout=False,
+            # fail fast (about 0.3 s) so a producer hears of an outage at once; workers retry by lane
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 2),
             max_connections=max(64, settings.worker_concurrency * 2),
         )
         _clients[url] = c

@@ -134,6 +134,7 @@ class Settings:
     app_secret: str | None = field(default=None, repr=False)
     api_tokens: tuple[str, ...] = field(default=(), repr=False)
     event_task: str | None = None
+    event_queue: str = "celery"
     event_callback: str | None = None
     max_body_bytes: int = 1_048_576
     log_format: str = "plain"
@@ -249,6 +250,7 @@ class Settings:
             app_secret=r.str("DMWORKER_APP_SECRET"),
             api_tokens=tokens,
             event_task=r.str("DMWORKER_EVENT_TASK"),
+            event_queue=r.str("DMWORKER_EVENT_QUEUE") or "celery",
             event_callback=r.str("DMWORKER_EVENT_CALLBACK"),
             max_body_bytes=r.int("DMWORKER_MAX_BODY_BYTES", 1_048_576),
             log_format=r.choice("DMWORKER_LOG_FORMAT", ("plain", "json"), "plain"),

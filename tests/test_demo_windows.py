@@ -70,3 +70,18 @@ def test_thread_pacing_spaces_sends_to_one_user(settings, rdb):
                     outcome={"o": "sent", "mid": "m"}, now_ms=t0 + 10)
     assert st.action == "wait" and st.why == "thread" and st.until_ms == t0 + 500
     assert store.step(s.default_account, "7101", "w", acquire=True, now_ms=t0 + 500).job_id == b.id
+
+
+def test_a_batch_with_one_closed_window_queues_nothing(enforcing):
+    s, ob, store = enforcing
+    now = store._redis_now_ms()
+    store.inbound(s.default_account, "7201", "m-7201", now - HOUR_MS, opens_window=True, cancels=False)
+    from dmworker.errors import ValidationError
+
+    with pytest.raises(ValidationError) as e:
+        ob.send_many([{"kind": "text", "recipient": "7201", "text": "open"},
+                      {"kind": "text", "recipient": "7202", "text": "never wrote"}])
+    assert list(e.value.messages) == ["1.window"]
+    assert store.redis.exists(store.acct(s.default_account).lane("7201")) == 0
+    ob.send_many([{"kind": "text", "recipient": "7201", "text": "open"}])
+    assert store.redis.llen(store.acct(s.default_account).lane("7201")) == 1

@@ -14,7 +14,7 @@ from flask.typing import ResponseReturnValue
 
 from ..errors import JobNotFoundError, ValidationError, WindowClosedError
 from ..keys import account_of_job
-from ..outbox import _OPTS, Job
+from ..outbox import OPTIONS, Job
 from ..schemas import recipient_error
 from .auth import require_bearer
 from .context import ctx, error
@@ -81,7 +81,7 @@ def post_messages() -> ResponseReturnValue:
 def _submit_one(item: Mapping[str, Any]) -> Job:
     body = dict(item)
     kind, recipient = body.pop("kind", None), body.pop("recipient", None)
-    opts = {k: body.pop(k) for k in _OPTS if k in body}
+    opts = {k: body.pop(k) for k in OPTIONS if k in body}
     if not isinstance(kind, str) or not isinstance(recipient, str):
         names = [n for n, v in (("kind", kind), ("recipient", recipient)) if not isinstance(v, str)]
         raise ValidationError({n: ["missing or not a string"] for n in names})

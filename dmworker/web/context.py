@@ -41,7 +41,7 @@ class WebContext:
             try:
                 from ..celery_app import app
 
-                app.send_task(self.settings.event_task, args=[event])
+                app.send_task(self.settings.event_task, args=[event], queue=self.settings.event_queue)
             except Exception as e:  # the broker is down: log, the webhook still answers 200
                 log.error("could not send event task %s: %s: %s", self.settings.event_task,
                           type(e).__name__, e)

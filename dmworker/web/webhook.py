@@ -84,7 +84,8 @@ def receive() -> ResponseReturnValue:
     if body.get("object") != "instagram":
         log.info("webhook ignored: object %r", str(body.get("object"))[:40])
         return {"received": 0, "new": 0}
-    received, new = 0, list[dict[str, Any]]()
+    received = 0
+    new: list[dict[str, Any]] = []
     try:
         for entry in _list(body.get("entry")):
             if isinstance(entry, dict):
