@@ -33,9 +33,16 @@ if TYPE_CHECKING:
     from .settings import ConfigError, Settings
 
 _LAZY = {
-    "Outbox": "outbox", "Job": "outbox", "JobStatus": "jobs", "InstagramClient": "graph",
-    "Settings": "settings", "ConfigError": "settings", "ValidationError": "errors",
-    "WindowClosedError": "errors", "RedisUnavailableError": "errors", "JobNotFoundError": "errors",
+    "Outbox": "outbox",
+    "Job": "outbox",
+    "JobStatus": "jobs",
+    "InstagramClient": "graph",
+    "Settings": "settings",
+    "ConfigError": "settings",
+    "ValidationError": "errors",
+    "WindowClosedError": "errors",
+    "RedisUnavailableError": "errors",
+    "JobNotFoundError": "errors",
 }
 
 

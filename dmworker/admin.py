@@ -43,8 +43,10 @@ class DeadLetters:
         return out[:limit]
 
     def count(self, account: str | None = None) -> int:
-        return sum(self.store.redis.zcard(self.store.acct(a).dlq)
-                   for a in ([account] if account else self.accounts()))
+        return sum(
+            self.store.redis.zcard(self.store.acct(a).dlq)
+            for a in ([account] if account else self.accounts())
+        )
 
     def show(self, job_id: str) -> tuple[JobStatus, dict[str, Any] | None]:
         """A dead letter's status and its stored job (payload, no token).
@@ -141,21 +143,23 @@ def account_states(store: LaneStore) -> list[AccountState]:
         pause, usage, slow, lanes, sched, dlq, stats = pipe.execute()
         until = int(pause["until"]) if pause.get("until") else None
         active = until is not None and (until > now or pause.get("reason") == "token_invalid")
-        out.append(AccountState(
-            account=acct,
-            configured=acct in s.accounts,
-            limits={c: str(s.rate_for(acct, c)) for c in RATE_CLASSES},
-            burst=s.burst_for(acct),
-            usage_pct=int(usage) if usage else None,
-            slowdown=float(slow or 1),
-            paused_until_ms=until if active else None,
-            pause_reason=pause.get("reason") if active else None,
-            pause_detail=pause.get("detail") if active else None,
-            backlog_lanes=int(lanes),
-            scheduled=int(sched),
-            dead_letters=int(dlq),
-            stats={kk: float(v) for kk, v in stats.items()},
-        ))
+        out.append(
+            AccountState(
+                account=acct,
+                configured=acct in s.accounts,
+                limits={c: str(s.rate_for(acct, c)) for c in RATE_CLASSES},
+                burst=s.burst_for(acct),
+                usage_pct=int(usage) if usage else None,
+                slowdown=float(slow or 1),
+                paused_until_ms=until if active else None,
+                pause_reason=pause.get("reason") if active else None,
+                pause_detail=pause.get("detail") if active else None,
+                backlog_lanes=int(lanes),
+                scheduled=int(sched),
+                dead_letters=int(dlq),
+                stats={kk: float(v) for kk, v in stats.items()},
+            )
+        )
     return out
 
 

@@ -14,17 +14,31 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-COMMANDS = ("worker", "scheduler", "web", "sandbox", "demo", "send", "status", "cancel", "dlq",
-            "accounts", "conversations")
+COMMANDS = (
+    "worker",
+    "scheduler",
+    "web",
+    "sandbox",
+    "demo",
+    "send",
+    "status",
+    "cancel",
+    "dlq",
+    "accounts",
+    "conversations",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dmworker", description="Send Instagram DMs reliably at scale.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    w = sub.add_parser("worker", help="run a Celery worker (extra args go to `celery worker`)",
-                       description="Run a Celery worker with dmworker's app. Any further options are "
-                                   "passed to `celery worker` (e.g. --concurrency 64 --loglevel INFO).")
+    w = sub.add_parser(
+        "worker",
+        help="run a Celery worker (extra args go to `celery worker`)",
+        description="Run a Celery worker with dmworker's app. Any further options are "
+        "passed to `celery worker` (e.g. --concurrency 64 --loglevel INFO).",
+    )
     w.add_argument("celery_args", nargs=argparse.REMAINDER, help="options for celery worker")
 
     s = sub.add_parser("scheduler", help="promote due follow-ups and wake waiting lanes")
@@ -43,9 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     snd = sub.add_parser("send", help="queue one message: send text IGSID 'Hi'")
-    snd.add_argument("kind", choices=("text", "media", "quick_replies", "generic_template", "button_template",
-                                      "private_reply", "react", "unreact", "typing", "like_heart",
-                                      "media_share", "mark_seen", "json"))
+    snd.add_argument(
+        "kind",
+        choices=(
+            "text",
+            "media",
+            "quick_replies",
+            "generic_template",
+            "button_template",
+            "private_reply",
+            "react",
+            "unreact",
+            "typing",
+            "like_heart",
+            "media_share",
+            "mark_seen",
+            "json",
+        ),
+    )
     snd.add_argument("recipient", help="IGSID (comment id for private_reply)")
     snd.add_argument("value", nargs="?", help="text, media URL, message id, post id, or JSON arguments")
     snd.add_argument("--account")
@@ -98,15 +127,20 @@ def _send_args(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     table: dict[str, dict[str, Any]] = {
         "text": {"text": v, "human_agent": ns.human_agent},
         "media": {"type": ns.type, "url": v},
-        "quick_replies": {"text": v, "replies": [
-            {"content_type": "text", "title": r.split(":", 1)[0], "payload": r.split(":", 1)[-1]}
-            for r in ns.reply]},
+        "quick_replies": {
+            "text": v,
+            "replies": [
+                {"content_type": "text", "title": r.split(":", 1)[0], "payload": r.split(":", 1)[-1]}
+                for r in ns.reply
+            ],
+        },
         "private_reply": {"text": v},
         "react": {"message_id": v, "reaction": ns.reaction},
         "unreact": {"message_id": v},
         "typing": {"seconds": ns.seconds},
         "media_share": {"post_id": v},
-        "like_heart": {}, "mark_seen": {},
+        "like_heart": {},
+        "mark_seen": {},
     }
     if kind in ("generic_template", "button_template"):
         return kind, json.loads(v or "{}")
@@ -145,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _dispatch(ns: argparse.Namespace) -> int:  # noqa: C901 - a flat command table
+def _dispatch(ns: argparse.Namespace) -> int:
     cmd = ns.command
     if cmd == "worker":
         from .celery_app import app
@@ -179,8 +213,16 @@ def _dispatch(ns: argparse.Namespace) -> int:  # noqa: C901 - a flat command tab
         from .outbox import Outbox
 
         kind, args = _send_args(ns)
-        opts = {k: v for k, v in (("account", ns.account), ("delay", ns.delay), ("key", ns.key),
-                                  ("idempotency_key", ns.idempotency_key)) if v is not None}
+        opts = {
+            k: v
+            for k, v in (
+                ("account", ns.account),
+                ("delay", ns.delay),
+                ("key", ns.key),
+                ("idempotency_key", ns.idempotency_key),
+            )
+            if v is not None
+        }
         if ns.cancel_on_reply:
             opts["cancel_on_reply"] = True
         job = Outbox().submit(kind, ns.recipient, args, **opts)
@@ -194,8 +236,11 @@ def _dispatch(ns: argparse.Namespace) -> int:  # noqa: C901 - a flat command tab
     if cmd == "cancel":
         from .outbox import Outbox
 
-        ok = Outbox().cancel(ns.job_id, key=ns.key, account=ns.account) if ns.job_id is None else \
-            Outbox().cancel(ns.job_id)
+        ok = (
+            Outbox().cancel(ns.job_id, key=ns.key, account=ns.account)
+            if ns.job_id is None
+            else Outbox().cancel(ns.job_id)
+        )
         print("cancelled" if ok else "not cancelled: already sent, failed, cancelled or being sent")
         return 0 if ok else 1
     if cmd == "dlq":
@@ -225,16 +270,19 @@ def _dispatch(ns: argparse.Namespace) -> int:  # noqa: C901 - a flat command tab
         for s in states if not ns.json else []:
             pause = f"paused until {s.paused_until_ms} ({s.pause_reason})" if s.paused_until_ms else "active"
             limits = ", ".join(f"{k} {v}" for k, v in s.limits.items())
-            print(f"{s.account}: {pause}; limits {limits} (burst {s.burst}); usage "
-                  f"{s.usage_pct if s.usage_pct is not None else '-'}%; slowdown x{s.slowdown:g}; "
-                  f"lanes {s.backlog_lanes}; scheduled {s.scheduled}; dead letters {s.dead_letters}")
+            print(
+                f"{s.account}: {pause}; limits {limits} (burst {s.burst}); usage "
+                f"{s.usage_pct if s.usage_pct is not None else '-'}%; slowdown x{s.slowdown:g}; "
+                f"lanes {s.backlog_lanes}; scheduled {s.scheduled}; dead letters {s.dead_letters}"
+            )
         return 0
     if cmd == "conversations":
         from .graph import InstagramClient
 
         conf = rt.settings.account(ns.account)
-        with InstagramClient(conf.access_token, base_url=rt.settings.graph_url_for(conf.account_id),
-                             account_id=conf.account_id) as client:
+        with InstagramClient(
+            conf.access_token, base_url=rt.settings.graph_url_for(conf.account_id), account_id=conf.account_id
+        ) as client:
             if ns.action == "list":
                 for i, conv in enumerate(client.conversations.list(limit=min(ns.limit, 100))):
                     if i >= ns.limit:

@@ -33,8 +33,9 @@ FOLLOWUP_DELAY_S = 4.0
 def _post_webhook(client: Any, secret: str, body: dict[str, Any]) -> int:
     raw = json.dumps(body).encode()
     sig = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-    resp = client.post("/webhooks/instagram", data=raw, content_type="application/json",
-                       headers={"X-Hub-Signature-256": sig})
+    resp = client.post(
+        "/webhooks/instagram", data=raw, content_type="application/json", headers={"X-Hub-Signature-256": sig}
+    )
     return int(resp.status_code)
 
 
@@ -57,10 +58,18 @@ def run_demo(users: int = 300, workers: int = 2, progress: bool = True) -> int:
     url = redisconn.redis_url(base)
     sandbox = SandboxProcess(tokens={token: DEMO_ACCOUNT}).start()
     settings = base.with_overrides(
-        redis_url=url, key_prefix=prefix, graph_url=sandbox.url + "/v25.0",
-        accounts={DEMO_ACCOUNT: AccountConfig(DEMO_ACCOUNT, token)}, default_account=DEMO_ACCOUNT,
-        rates={**base.rates, "text": parse_rate("300/s")}, window_policy="enforce", app_secret=secret,
-        dispatch_grace_ms=5_000, scheduler_tick_ms=20, lease_ms=15_000, log_level="WARNING",
+        redis_url=url,
+        key_prefix=prefix,
+        graph_url=sandbox.url + "/v25.0",
+        accounts={DEMO_ACCOUNT: AccountConfig(DEMO_ACCOUNT, token)},
+        default_account=DEMO_ACCOUNT,
+        rates={**base.rates, "text": parse_rate("300/s")},
+        window_policy="enforce",
+        app_secret=secret,
+        dispatch_grace_ms=5_000,
+        scheduler_tick_ms=20,
+        lease_ms=15_000,
+        log_level="WARNING",
     )
     group = ProcessGroup(settings, log_dir=tempfile.mkdtemp(prefix="dmw-demo-"))
     client = redisconn.client(settings)
@@ -87,17 +96,39 @@ def run_demo(users: int = 300, workers: int = 2, progress: bool = True) -> int:
         followups = {}
         for r in recipients:
             outbox.react_to_message(r, user_mids[r], reaction="love")
-            (outbox.sequence(r).typing(seconds=1).text("Hello! Thanks for reaching out.")
-             .quick_replies(text="How can I help you?", replies=[
-                 {"content_type": "text", "title": "Order status", "payload": "order_status"},
-                 {"content_type": "text", "title": "Return item", "payload": "return"},
-                 {"content_type": "text", "title": "Talk to a human", "payload": "human"}])
-             .generic_template(elements=[{
-                 "title": "Product Name", "subtitle": "$29.99", "image_url": "https://example.com/p.jpg",
-                 "buttons": [{"type": "web_url", "url": "https://example.com/product", "title": "View"}]}])
-             .enqueue())
-            followups[r] = outbox.send_text(r, "Still there? Reply any time.", delay=FOLLOWUP_DELAY_S,
-                                            key=f"nudge-{r}", cancel_on_reply=True)
+            (
+                outbox.sequence(r)
+                .typing(seconds=1)
+                .text("Hello! Thanks for reaching out.")
+                .quick_replies(
+                    text="How can I help you?",
+                    replies=[
+                        {"content_type": "text", "title": "Order status", "payload": "order_status"},
+                        {"content_type": "text", "title": "Return item", "payload": "return"},
+                        {"content_type": "text", "title": "Talk to a human", "payload": "human"},
+                    ],
+                )
+                .generic_template(
+                    elements=[
+                        {
+                            "title": "Product Name",
+                            "subtitle": "$29.99",
+                            "image_url": "https://example.com/p.jpg",
+                            "buttons": [
+                                {"type": "web_url", "url": "https://example.com/product", "title": "View"}
+                            ],
+                        }
+                    ]
+                )
+                .enqueue()
+            )
+            followups[r] = outbox.send_text(
+                r,
+                "Still there? Reply any time.",
+                delay=FOLLOWUP_DELAY_S,
+                key=f"nudge-{r}",
+                cancel_on_reply=True,
+            )
         per_user = 5  # react, typing, text, quick replies, template
         expected = users * per_user + users - len(replies)
 
@@ -122,23 +153,35 @@ def run_demo(users: int = 300, workers: int = 2, progress: bool = True) -> int:
         sandbox.stop()
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
         for i in range(0, len(keys), 1000):
-            client.delete(*keys[i:i + 1000])
+            client.delete(*keys[i : i + 1000])
 
 
 def _make_publisher(settings: Settings) -> Any:
     from celery import Celery
 
     app = Celery("dmworker-demo-producer", set_as_current=False)
-    app.conf.update(broker_url=redisconn.broker_url(settings), task_serializer="json",
-                    accept_content=["json"],
-                    broker_transport_options={"global_keyprefix": f"{settings.key_prefix}:celery:"})
+    app.conf.update(
+        broker_url=redisconn.broker_url(settings),
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options={"global_keyprefix": f"{settings.key_prefix}:celery:"},
+    )
     queue = f"{settings.key_prefix}.lanes"
-    return lambda account, recipient: app.send_task("dmworker.process_lane", (account, recipient),
-                                                    queue=queue)
+    return lambda account, recipient: app.send_task(
+        "dmworker.process_lane", (account, recipient), queue=queue
+    )
 
 
-def _report(outbox: Outbox, sandbox: Any, recipients: list[str], replies: set[str],
-            followups: dict[str, Any], expected: int, t_enqueue: float, t_start: float) -> int:
+def _report(
+    outbox: Outbox,
+    sandbox: Any,
+    recipients: list[str],
+    replies: set[str],
+    followups: dict[str, Any],
+    expected: int,
+    t_enqueue: float,
+    t_start: float,
+) -> int:
     sends = sandbox.control.sends(DEMO_ACCOUNT)
     by_user: dict[str, list[dict[str, Any]]] = {}
     for s in sends:
@@ -150,18 +193,31 @@ def _report(outbox: Outbox, sandbox: Any, recipients: list[str], replies: set[st
         for s in by_user.get(r, []):
             print(f"    +{s['t_ms'] - t_enqueue:7.0f}  {s['kind']}")
     cancelled = [r for r in replies if outbox.status(followups[r].id).state == "cancelled"]
-    wrongly_sent = [r for r in replies
-                    if any(s["kind"] == "text" and "Still there" in json.dumps(s["body"]) for s in by_user.get(r, []))]
+    wrongly_sent = [
+        r
+        for r in replies
+        if any(s["kind"] == "text" and "Still there" in json.dumps(s["body"]) for s in by_user.get(r, []))
+    ]
     lat = [s["t_ms"] - t_enqueue for s in sends if "Still there" not in json.dumps(s["body"])]
-    fu_lag = [s["t_ms"] - (outbox.status(followups[s["recipient"]].id).due_ms or 0)
-              for s in sends if "Still there" in json.dumps(s["body"])]
+    fu_lag = [
+        s["t_ms"] - (outbox.status(followups[s["recipient"]].id).due_ms or 0)
+        for s in sends
+        if "Still there" in json.dumps(s["body"])
+    ]
     store: LaneStore = outbox.store
     dead = int(store.redis.zcard(store.acct(DEMO_ACCOUNT).dlq))
-    print(f"\nTotals: {len(sends)} delivered of {expected} expected; follow-ups cancelled by a reply: "
-          f"{len(cancelled)}/{len(replies)}; dead letters: {dead}")
-    print(f"Delivery latency from enqueue (immediate messages): p50 {_percentile(lat, .5):.0f} ms, "
-          f"p99 {_percentile(lat, .99):.0f} ms")
-    print(f"Follow-up lag after due time: p50 {_percentile(fu_lag, .5):.0f} ms, p99 {_percentile(fu_lag, .99):.0f} ms")
+    print(
+        f"\nTotals: {len(sends)} delivered of {expected} expected; follow-ups cancelled by a reply: "
+        f"{len(cancelled)}/{len(replies)}; dead letters: {dead}"
+    )
+    print(
+        f"Delivery latency from enqueue (immediate messages): p50 {_percentile(lat, 0.5):.0f} ms, "
+        f"p99 {_percentile(lat, 0.99):.0f} ms"
+    )
+    print(
+        f"Follow-up lag after due time: p50 {_percentile(fu_lag, 0.5):.0f} ms, "
+        f"p99 {_percentile(fu_lag, 0.99):.0f} ms"
+    )
     print(f"Demo took {time.monotonic() - t_start:.1f} s.")
     ok = len(sends) == expected and len(cancelled) == len(replies) and not wrongly_sent and dead == 0
     if not ok:

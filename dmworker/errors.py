@@ -30,8 +30,9 @@ class ValidationError(DmworkerError, ValueError):
             messages = {"_schema": [messages]}
         self.messages: dict[str, Any] = dict(messages)
         self.index = index
-        parts = [f"{k}: {'; '.join(map(str, v)) if isinstance(v, list) else v}"
-                 for k, v in self.messages.items()]
+        parts = [
+            f"{k}: {'; '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in self.messages.items()
+        ]
         where = f"item {index}: " if index is not None else ""
         super().__init__(where + ", ".join(parts))
 

@@ -82,10 +82,16 @@ class LaneStore:
         """
         k = self.acct(account)
         keys = [
-            k.jobs, k.status, k.lane(recipient), k.ready, k.sched, k.followup_keys,
+            k.jobs,
+            k.status,
+            k.lane(recipient),
+            k.ready,
+            k.sched,
+            k.followup_keys,
             k.cancel_on_reply(recipient),
             k.idempotency(idempotency_key) if idempotency_key else k.idempotency("-"),
-            k.stats, k.windows,
+            k.stats,
+            k.windows,
         ]
         args: list[Any] = [
             recipient,
@@ -119,27 +125,50 @@ class LaneStore:
         raise RuntimeError(f"unexpected enqueue reply {reply!r}")
 
     def cancel(
-        self, account: str, job_id: str | None = None, key: str | None = None,
-        reason: str = "cancelled by the producer", now_ms: int | None = None,
+        self,
+        account: str,
+        job_id: str | None = None,
+        key: str | None = None,
+        reason: str = "cancelled by the producer",
+        now_ms: int | None = None,
     ) -> tuple[str, str | None, str | None]:
         """Cancel a job by id or follow-up key: ("cancelled"|"notfound"|"final", id, state)."""
         k = self.acct(account)
         reply = scripts.run(
-            self.redis, "cancel", [k.status, k.sched, k.followup_keys, k.stats],
-            [job_id or "", key or "", reason], now_ms,
+            self.redis,
+            "cancel",
+            [k.status, k.sched, k.followup_keys, k.stats],
+            [job_id or "", key or "", reason],
+            now_ms,
         )
         return reply[0], (reply[1] or None), (reply[2] if len(reply) > 2 else None)
 
     def inbound(
-        self, account: str, user: str, event_id: str, ts_ms: int, *, opens_window: bool,
-        cancels: bool, dedupe_ttl_s: int = 48 * 3600, now_ms: int | None = None,
+        self,
+        account: str,
+        user: str,
+        event_id: str,
+        ts_ms: int,
+        *,
+        opens_window: bool,
+        cancels: bool,
+        dedupe_ttl_s: int = 48 * 3600,
+        now_ms: int | None = None,
     ) -> tuple[bool, list[str]]:
         """Record a user's event: (was it new, ids of follow-ups cancelled by it)."""
         k = self.acct(account)
         reply = scripts.run(
-            self.redis, "inbound",
-            [k.event(event_id), k.windows, k.cancel_on_reply(user), k.status, k.sched,
-             k.followup_keys, k.stats],
+            self.redis,
+            "inbound",
+            [
+                k.event(event_id),
+                k.windows,
+                k.cancel_on_reply(user),
+                k.status,
+                k.sched,
+                k.followup_keys,
+                k.stats,
+            ],
             [user, int(ts_ms), 1 if opens_window else 0, 1 if cancels else 0, dedupe_ttl_s],
             now_ms,
         )
@@ -150,8 +179,11 @@ class LaneStore:
     def replay(self, account: str, job_id: str, recipient: str, now_ms: int | None = None) -> str | bool:
         k = self.acct(account)
         reply = scripts.run(
-            self.redis, "replay", [k.dlq, k.status, k.lane(recipient), k.ready],
-            [job_id, recipient, self.settings.dispatch_grace_ms], now_ms,
+            self.redis,
+            "replay",
+            [k.dlq, k.status, k.lane(recipient), k.ready],
+            [job_id, recipient, self.settings.dispatch_grace_ms],
+            now_ms,
         )
         if reply[0] == "notfound":
             return "notfound"
@@ -175,15 +207,34 @@ class LaneStore:
         k = self.acct(account)
         s = self.settings
         keys = [
-            k.lane(recipient), k.lease(recipient), k.ready, k.jobs, k.status, k.hold, k.limiter,
-            k.pause, k.windows, k.dlq, k.done, k.stats, k.comments, k.cancel_on_reply(recipient),
-            k.followup_keys, k.usage,
+            k.lane(recipient),
+            k.lease(recipient),
+            k.ready,
+            k.jobs,
+            k.status,
+            k.hold,
+            k.limiter,
+            k.pause,
+            k.windows,
+            k.dlq,
+            k.done,
+            k.stats,
+            k.comments,
+            k.cancel_on_reply(recipient),
+            k.followup_keys,
+            k.usage,
         ]
         args: list[Any] = [
-            recipient, holder, "acquire" if acquire else "continue", s.lease_ms,
-            prev_id or "", json.dumps(outcome, separators=(",", ":")) if outcome else "",
-            1 if yield_lane else 0, token_fingerprint(token) if token else "",
-            s.burst_for(account), s.thread_min_interval_ms * 1000,
+            recipient,
+            holder,
+            "acquire" if acquire else "continue",
+            s.lease_ms,
+            prev_id or "",
+            json.dumps(outcome, separators=(",", ":")) if outcome else "",
+            1 if yield_lane else 0,
+            token_fingerprint(token) if token else "",
+            s.burst_for(account),
+            s.thread_min_interval_ms * 1000,
         ]
         for klass in RATE_CLASSES:
             args += [klass, s.rate_for(account, klass).interval_us]
@@ -191,19 +242,29 @@ class LaneStore:
         tag = reply[0]
         if tag == "job":
             return Step(
-                "job", job_id=reply[1], job_json=reply[2], state_before=reply[3],
-                attempts=int(reply[4]), window_ms=int(reply[5]) if reply[5] else None,
-                comment_state=reply[6] or None, now_ms=int(reply[7]),
+                "job",
+                job_id=reply[1],
+                job_json=reply[2],
+                state_before=reply[3],
+                attempts=int(reply[4]),
+                window_ms=int(reply[5]) if reply[5] else None,
+                comment_state=reply[6] or None,
+                now_ms=int(reply[7]),
             )
         if tag == "wait":
             return Step("wait", until_ms=int(reply[1]), why=reply[2])
         return Step(tag)
 
-    def dispatch(self, account: str, limit: int = 500, now_ms: int | None = None) -> tuple[list[str], int | None, int]:
+    def dispatch(
+        self, account: str, limit: int = 500, now_ms: int | None = None
+    ) -> tuple[list[str], int | None, int]:
         """Claim due lanes: (recipients to publish, earliest remaining score, Redis now)."""
         reply = scripts.run(
-            self.redis, "dispatch", [self.acct(account).ready],
-            [self.settings.dispatch_grace_ms, limit], now_ms,
+            self.redis,
+            "dispatch",
+            [self.acct(account).ready],
+            [self.settings.dispatch_grace_ms, limit],
+            now_ms,
         )
         nxt = int(reply[0])
         return list(reply[2:]), (None if nxt < 0 else nxt), int(reply[1])
@@ -229,17 +290,25 @@ class LaneStore:
 
     def trim(self, account: str, now_ms: int | None = None, batch: int = 1000) -> int:
         k = self.acct(account)
-        return int(scripts.run(
-            self.redis, "trim", [k.done, k.jobs, k.status],
-            [self.settings.retention_s * 1000, batch], now_ms,
-        ))
+        return int(
+            scripts.run(
+                self.redis,
+                "trim",
+                [k.done, k.jobs, k.status],
+                [self.settings.retention_s * 1000, batch],
+                now_ms,
+            )
+        )
 
     def limit(self, account: str, klass: str, now_ms: int | None = None) -> tuple[bool, int]:
         """One limiter decision outside a lane: (allowed, microseconds to wait)."""
         rate = self.settings.rate_for(account, klass)
         reply = scripts.run(
-            self.redis, "limit", [self.acct(account).limiter],
-            [klass, rate.interval_us, self.settings.burst_for(account)], now_ms,
+            self.redis,
+            "limit",
+            [self.acct(account).limiter],
+            [klass, rate.interval_us, self.settings.burst_for(account)],
+            now_ms,
         )
         return bool(int(reply[0])), int(reply[1])
 

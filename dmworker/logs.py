@@ -11,7 +11,9 @@ from typing import Any
 
 from .settings import Settings
 
-_SHAPED = re.compile(r"(access_token=|Bearer\s+|\"access_token\"\s*:\s*\")[^&\s\"']+|IGAA[A-Za-z0-9_\-]{8,}", re.I)
+_SHAPED = re.compile(
+    r"(access_token=|Bearer\s+|\"access_token\"\s*:\s*\")[^&\s\"']+|IGAA[A-Za-z0-9_\-]{8,}", re.I
+)
 _FIELDS = ("job_id", "recipient", "account")
 
 

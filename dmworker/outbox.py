@@ -14,12 +14,11 @@ second send), ``delay=``/``at=`` (a follow-up), ``key=``/``replace=`` (name a fo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-
-import logging
 
 import redis
 
@@ -99,15 +98,24 @@ class Outbox:
         self._known_accounts: set[str] = set()
 
     # ------------------------------------------------------------------ send methods
-    def send_text(self, recipient: str, text: str, human_agent: bool = False, reply_to: str | None = None,
-                  **opts: Any) -> Job:
-        """Queue a text (1–1000 UTF-8 bytes); ``human_agent`` extends the window to 7 days."""
-        return self.submit("text", recipient, {"text": text, "human_agent": human_agent, "reply_to": reply_to},
-                           **opts)
+    def send_text(
+        self, recipient: str, text: str, human_agent: bool = False, reply_to: str | None = None, **opts: Any
+    ) -> Job:
+        """Queue a text (1-1000 UTF-8 bytes); ``human_agent`` extends the window to 7 days."""
+        return self.submit(
+            "text", recipient, {"text": text, "human_agent": human_agent, "reply_to": reply_to}, **opts
+        )
 
-    def send_media(self, recipient: str, type: str = "image", url: str | None = None,
-                   attachment_id: str | None = None, urls: Sequence[str] | None = None, **opts: Any) -> Job:
-        """Queue an image, video, audio or file (by ``url`` or ``attachment_id``; ``urls``: 2–10 images)."""
+    def send_media(
+        self,
+        recipient: str,
+        type: str = "image",
+        url: str | None = None,
+        attachment_id: str | None = None,
+        urls: Sequence[str] | None = None,
+        **opts: Any,
+    ) -> Job:
+        """Queue an image, video, audio or file (by ``url`` or ``attachment_id``; ``urls``: 2-10 images)."""
         args: dict[str, Any] = {"type": type}
         for name, value in (("url", url), ("attachment_id", attachment_id), ("urls", urls)):
             if value is not None:
@@ -120,19 +128,25 @@ class Outbox:
     def send_media_share(self, recipient: str, post_id: str, **opts: Any) -> Job:
         return self.submit("media_share", recipient, {"post_id": post_id}, **opts)
 
-    def send_quick_replies(self, recipient: str, text: str, replies: Sequence[Mapping[str, Any]],
-                           **opts: Any) -> Job:
-        """Queue a text with 1–13 quick replies."""
-        return self.submit("quick_replies", recipient, {"text": text, "replies": [dict(r) for r in replies]},
-                           **opts)
+    def send_quick_replies(
+        self, recipient: str, text: str, replies: Sequence[Mapping[str, Any]], **opts: Any
+    ) -> Job:
+        """Queue a text with 1-13 quick replies."""
+        return self.submit(
+            "quick_replies", recipient, {"text": text, "replies": [dict(r) for r in replies]}, **opts
+        )
 
-    def send_generic_template(self, recipient: str, elements: Sequence[Mapping[str, Any]], **opts: Any) -> Job:
+    def send_generic_template(
+        self, recipient: str, elements: Sequence[Mapping[str, Any]], **opts: Any
+    ) -> Job:
         return self.submit("generic_template", recipient, {"elements": [dict(e) for e in elements]}, **opts)
 
-    def send_button_template(self, recipient: str, text: str, buttons: Sequence[Mapping[str, Any]],
-                             **opts: Any) -> Job:
-        return self.submit("button_template", recipient, {"text": text, "buttons": [dict(b) for b in buttons]},
-                           **opts)
+    def send_button_template(
+        self, recipient: str, text: str, buttons: Sequence[Mapping[str, Any]], **opts: Any
+    ) -> Job:
+        return self.submit(
+            "button_template", recipient, {"text": text, "buttons": [dict(b) for b in buttons]}, **opts
+        )
 
     def send_private_reply(self, comment_id: str, text: str, **opts: Any) -> Job:
         """Queue the one private reply a comment allows (within 7 days of the comment)."""
@@ -193,7 +207,7 @@ class Outbox:
             raise ValidationError(errors)
         out: list[Job] = []
         for start in range(0, len(prepared), 500):
-            out += self._commit(prepared[start:start + 500])
+            out += self._commit(prepared[start : start + 500])
         return out
 
     # ------------------------------------------------------------------ reading and control
@@ -216,7 +230,9 @@ class Outbox:
             raise JobNotFoundError(job_id)
         return JobStatus.from_redis(job_id, account, st[0], job)
 
-    def cancel(self, job_id: str | None = None, *, key: str | None = None, account: str | None = None) -> bool:
+    def cancel(
+        self, job_id: str | None = None, *, key: str | None = None, account: str | None = None
+    ) -> bool:
         """Cancel a queued or scheduled job by id, or a follow-up by ``key``.
 
         Returns True when it was cancelled, False when it had already been sent, failed or
@@ -229,7 +245,7 @@ class Outbox:
             raise ValidationError({"_schema": ["give exactly one of job_id or key"]})
         acct = account_of_job(job_id) if job_id else self._account(account)
         try:
-            tag, jid, _ = self.store.cancel(acct, job_id=job_id, key=key)
+            tag, _jid, _ = self.store.cancel(acct, job_id=job_id, key=key)
         except redis.RedisError as e:
             raise RedisUnavailableError(f"Redis is unreachable: {e}") from None
         if tag == "notfound":
@@ -248,8 +264,14 @@ class Outbox:
         if last is None:
             return WindowInfo(recipient, False, None, None, False, None)
         t = int(last)
-        return WindowInfo(recipient, now <= t + WINDOW_MS, t, t + WINDOW_MS,
-                          now <= t + HUMAN_AGENT_WINDOW_MS, t + HUMAN_AGENT_WINDOW_MS)
+        return WindowInfo(
+            recipient,
+            now <= t + WINDOW_MS,
+            t,
+            t + WINDOW_MS,
+            now <= t + HUMAN_AGENT_WINDOW_MS,
+            t + HUMAN_AGENT_WINDOW_MS,
+        )
 
     # ------------------------------------------------------------------ internals
     def _account(self, account: str | None) -> str:
@@ -258,7 +280,9 @@ class Outbox:
             raise ValidationError({"account": ["no account given and no default account configured"]})
         return acct
 
-    def _prepare(self, kind: str, recipient: str, args: Mapping[str, Any], opts: Mapping[str, Any]) -> _Prepared:
+    def _prepare(
+        self, kind: str, recipient: str, args: Mapping[str, Any], opts: Mapping[str, Any]
+    ) -> _Prepared:
         unknown = set(opts) - set(OPTIONS)
         if unknown:
             raise ValidationError({u: ["unknown option"] for u in sorted(unknown)})
@@ -275,10 +299,18 @@ class Outbox:
         jobs = []
         for job_id, (k, a) in zip(ids, steps, strict=True):
             job = {
-                "v": SCHEMA_VERSION, "id": job_id, "account": account, "recipient": recipient, "kind": k,
-                "args": a, "created_ms": _now_ms(), "due_ms": at_ms, "key": opts.get("key"),
+                "v": SCHEMA_VERSION,
+                "id": job_id,
+                "account": account,
+                "recipient": recipient,
+                "kind": k,
+                "args": a,
+                "created_ms": _now_ms(),
+                "due_ms": at_ms,
+                "key": opts.get("key"),
                 "cancel_on_reply": bool(opts.get("cancel_on_reply", False)),
-                "idem": opts.get("idempotency_key"), "seq": ids[0] if len(ids) > 1 else None,
+                "idem": opts.get("idempotency_key"),
+                "seq": ids[0] if len(ids) > 1 else None,
             }
             jobs.append((job_id, dump_job(job), rate_class(k, a)))
         limit = 0
@@ -289,7 +321,9 @@ class Outbox:
             raise ValidationError({"key": ["must be a non-empty string of at most 200 characters"]})
         idem = opts.get("idempotency_key")
         if idem is not None and (not isinstance(idem, str) or not idem or len(idem) > 200):
-            raise ValidationError({"idempotency_key": ["must be a non-empty string of at most 200 characters"]})
+            raise ValidationError(
+                {"idempotency_key": ["must be a non-empty string of at most 200 characters"]}
+            )
         return _Prepared(account, lane, recipient, jobs, dict(opts, delay_ms=delay_ms, at_ms=at_ms), limit)
 
     def _precheck_batch(self, prepared: Sequence[_Prepared]) -> None:
@@ -315,15 +349,21 @@ class Outbox:
             if p.window_limit_ms:
                 due = p.opts["at_ms"] or now + (p.opts["delay_ms"] or 0)
                 if last is None:
-                    errors[f"{n}.window"] = ["the messaging window is closed: this user has not messaged the account"]
+                    errors[f"{n}.window"] = [
+                        "the messaging window is closed: this user has not messaged the account"
+                    ]
                 elif due > int(last) + p.window_limit_ms:
                     closes = int(last) + p.window_limit_ms
-                    errors[f"{n}.window"] = [f"the messaging window closes at {_iso(closes)} ({closes} ms), "
-                                             "before this job would be sent"]
+                    errors[f"{n}.window"] = [
+                        f"the messaging window closes at {_iso(closes)} ({closes} ms), "
+                        "before this job would be sent"
+                    ]
             key = p.opts.get("key")
             if key:
                 if (existing and not p.opts.get("replace")) or (p.account, key) in seen_keys:
-                    errors[f"{n}.key"] = [f"a follow-up with key {key!r} is already pending; pass replace=True"]
+                    errors[f"{n}.key"] = [
+                        f"a follow-up with key {key!r} is already pending; pass replace=True"
+                    ]
                 seen_keys.add((p.account, key))
         if errors:
             raise ValidationError(errors)
@@ -339,10 +379,17 @@ class Outbox:
             for p in prepared:
                 o = p.opts
                 self.store.enqueue(
-                    p.account, p.lane, p.jobs, delay_ms=o["delay_ms"], at_ms=o["at_ms"],
-                    idempotency_key=o.get("idempotency_key"), key=o.get("key"),
-                    replace=bool(o.get("replace", False)), cancel_on_reply=bool(o.get("cancel_on_reply", False)),
-                    window_limit_ms=p.window_limit_ms, pipe=pipe,
+                    p.account,
+                    p.lane,
+                    p.jobs,
+                    delay_ms=o["delay_ms"],
+                    at_ms=o["at_ms"],
+                    idempotency_key=o.get("idempotency_key"),
+                    key=o.get("key"),
+                    replace=bool(o.get("replace", False)),
+                    cancel_on_reply=bool(o.get("cancel_on_reply", False)),
+                    window_limit_ms=p.window_limit_ms,
+                    pipe=pipe,
                 )
             replies = pipe.execute(raise_on_error=True)
         except redis.RedisError as e:
@@ -353,15 +400,25 @@ class Outbox:
         for p, raw in zip(prepared, replies, strict=True):
             res = LaneStore.parse_enqueue(raw)
             if res.status == "keyexists":
-                raise ValidationError({"key": [f"a follow-up with key {p.opts.get('key')!r} is already "
-                                               f"pending (job {res.existing_id}); pass replace=True"]})
+                raise ValidationError(
+                    {
+                        "key": [
+                            f"a follow-up with key {p.opts.get('key')!r} is already "
+                            f"pending (job {res.existing_id}); pass replace=True"
+                        ]
+                    }
+                )
             if res.status == "window":
                 if res.window_closes_ms is None:
-                    raise WindowClosedError("the messaging window is closed: this user has not messaged "
-                                            "the account (no inbound message recorded)")
+                    raise WindowClosedError(
+                        "the messaging window is closed: this user has not messaged "
+                        "the account (no inbound message recorded)"
+                    )
                 raise WindowClosedError(
                     f"the messaging window closes at {_iso(res.window_closes_ms)} "
-                    f"({res.window_closes_ms} ms), before this job would be sent", res.window_closes_ms)
+                    f"({res.window_closes_ms} ms), before this job would be sent",
+                    res.window_closes_ms,
+                )
             if res.publish:
                 to_publish.append((p.account, p.lane))
             out.append(Job(res.ids[0], res.ids, p.account, p.lane, res.due_ms, duplicate=res.status == "dup"))
@@ -369,8 +426,11 @@ class Outbox:
             try:
                 self._publish_many(to_publish)
             except Exception:  # the jobs are safe in Redis; the dispatcher publishes them after its grace
-                log.warning("could not publish to the Celery broker; the dispatcher will pick the lanes up "
-                            "within DMWORKER_DISPATCH_GRACE_MS", exc_info=True)
+                log.warning(
+                    "could not publish to the Celery broker; the dispatcher will pick the lanes up "
+                    "within DMWORKER_DISPATCH_GRACE_MS",
+                    exc_info=True,
+                )
         return out
 
     def _publish_many(self, lanes: list[tuple[str, str]]) -> None:
@@ -405,10 +465,20 @@ class SequenceBuilder:
     def text(self, text: str, human_agent: bool = False, reply_to: str | None = None) -> SequenceBuilder:
         return self._add("text", text=text, human_agent=human_agent, reply_to=reply_to)
 
-    def media(self, type: str = "image", url: str | None = None, attachment_id: str | None = None,
-              urls: Sequence[str] | None = None) -> SequenceBuilder:
-        return self._add("media", type=type, url=url, attachment_id=attachment_id,
-                         urls=list(urls) if urls is not None else None)
+    def media(
+        self,
+        type: str = "image",
+        url: str | None = None,
+        attachment_id: str | None = None,
+        urls: Sequence[str] | None = None,
+    ) -> SequenceBuilder:
+        return self._add(
+            "media",
+            type=type,
+            url=url,
+            attachment_id=attachment_id,
+            urls=list(urls) if urls is not None else None,
+        )
 
     def quick_replies(self, text: str, replies: Sequence[Mapping[str, Any]]) -> SequenceBuilder:
         return self._add("quick_replies", text=text, replies=[dict(r) for r in replies])
@@ -463,7 +533,9 @@ def _due(delay: Any, at: Any) -> tuple[int | None, int | None]:
         if not isinstance(at, datetime):
             raise ValidationError({"at": ["expected an aware datetime"]})
         if at.tzinfo is None or at.tzinfo.utcoffset(at) is None:
-            raise ValidationError({"at": ["naive datetime refused: give a timezone (e.g. tzinfo=timezone.utc)"]})
+            raise ValidationError(
+                {"at": ["naive datetime refused: give a timezone (e.g. tzinfo=timezone.utc)"]}
+            )
         return None, int(at.timestamp() * 1000)
     return None, None
 

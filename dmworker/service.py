@@ -71,8 +71,14 @@ def _fail(kind: str, message: str, dead: bool = True, **extra: Any) -> dict[str,
 
 
 def precheck(
-    job: dict[str, Any], *, now_ms: int, attempts: int, state_before: str | None,
-    window_ms: int | None, comment_state: str | None, settings: Settings,
+    job: dict[str, Any],
+    *,
+    now_ms: int,
+    attempts: int,
+    state_before: str | None,
+    window_ms: int | None,
+    comment_state: str | None,
+    settings: Settings,
 ) -> dict[str, Any] | None:
     """An outcome that settles the job without an API call, or ``None`` to send it."""
     age_ms = now_ms - int(job.get("created_ms") or now_ms)
@@ -87,7 +93,11 @@ def precheck(
     if kind == "private_reply":
         if comment_state == "used":
             return _fail("private_reply_used", "this comment already received its one private reply")
-        if comment_state and comment_state.isdigit() and now_ms > int(comment_state) + PRIVATE_REPLY_WINDOW_MS:
+        if (
+            comment_state
+            and comment_state.isdigit()
+            and now_ms > int(comment_state) + PRIVATE_REPLY_WINDOW_MS
+        ):
             return _fail("outside_window", "the comment is older than 7 days: private reply window closed")
         return None
     limit = window_limit_ms(kind, args)
@@ -145,15 +155,23 @@ def _latency_bucket(seconds: float) -> str:
 
 
 def send(
-    job: dict[str, Any], *, attempts: int, client: InstagramClient | None, settings: Settings,
+    job: dict[str, Any],
+    *,
+    attempts: int,
+    client: InstagramClient | None,
+    settings: Settings,
     rand: Callable[[], float] = random.random,
 ) -> dict[str, Any]:
     """Send ``job`` through ``client`` and return the outcome (never raises)."""
     kind, args = job["kind"], dict(job.get("args") or {})
     account = job["account"]
     if client is None:
-        return _retry(attempts, settings, rand, {"kind": "config", "message":
-                      f"account {account!r} is not configured on this worker (no token)"})
+        return _retry(
+            attempts,
+            settings,
+            rand,
+            {"kind": "config", "message": f"account {account!r} is not configured on this worker (no token)"},
+        )
     from .schemas import METHOD_OF_KIND
 
     recipient = job["recipient"]
@@ -166,8 +184,13 @@ def send(
     try:
         result = client.messaging.call(METHOD_OF_KIND[kind], recipient, **args)
     except gerr.PolicyBlockedError as e:
-        return {"o": "throttled", "reason": "policy_block", "err": e.to_dict(),
-                "pause_ms": int(settings.policy_block_pause_s * 1000), "kind": kind}
+        return {
+            "o": "throttled",
+            "reason": "policy_block",
+            "err": e.to_dict(),
+            "pause_ms": int(settings.policy_block_pause_s * 1000),
+            "kind": kind,
+        }
     except gerr.ThrottledError as e:
         out: dict[str, Any] = {"o": "throttled", "reason": "throttled", "err": e.to_dict(), "kind": kind}
         if e.retry_after_s:
@@ -183,16 +206,30 @@ def send(
     except gerr.GraphError as e:  # temporary, or outcome unknown (resent: at-least-once, see docs)
         return _retry(attempts, settings, rand, e.to_dict(), kind)
     except ValueError as e:  # arguments the body builders refuse: permanent, no call was made
-        return {"o": "failed", "dead": True, "kind": kind,
-                "err": {"kind": "invalid_request", "message": redact(str(e))}}
+        return {
+            "o": "failed",
+            "dead": True,
+            "kind": kind,
+            "err": {"kind": "invalid_request", "message": redact(str(e))},
+        }
     except Exception as e:  # a poison job: it crashed the send path; retried, then dead-lettered
         log.exception("send path crashed", extra={"job_id": job.get("id"), "recipient": recipient})
         secrets = (settings.accounts[account].access_token,) if account in settings.accounts else ()
-        return _retry(attempts, settings, rand,
-                      {"kind": "internal", "message": redact(f"{type(e).__name__}: {e}", secrets)}, kind)
+        return _retry(
+            attempts,
+            settings,
+            rand,
+            {"kind": "internal", "message": redact(f"{type(e).__name__}: {e}", secrets)},
+            kind,
+        )
     lat = time.perf_counter() - t0
-    out = {"o": "sent", "mid": result.message_id, "kind": kind, "lat": _latency_bucket(lat),
-           "lat_s": round(lat, 6)}
+    out = {
+        "o": "sent",
+        "mid": result.message_id,
+        "kind": kind,
+        "lat": _latency_bucket(lat),
+        "lat_s": round(lat, 6),
+    }
     if hold_ms:
         out["hold_ms"] = hold_ms
     if kind == "private_reply":
@@ -215,11 +252,16 @@ def _retry(
     attempts: int, settings: Settings, rand: Callable[[], float], err: dict[str, Any], kind: str | None = None
 ) -> dict[str, Any]:
     if attempts >= settings.max_attempts:
-        out = _fail(err.get("kind", "temporary"), f"gave up after {attempts} attempts: {err.get('message', '')}")
+        out = _fail(
+            err.get("kind", "temporary"), f"gave up after {attempts} attempts: {err.get('message', '')}"
+        )
         out["err"] = {**err, "message": out["err"]["message"]}
     else:
-        out = {"o": "retry", "delay_ms": backoff_ms(attempts, settings.backoff_base_ms, settings.backoff_cap_ms, rand),
-               "err": err}
+        out = {
+            "o": "retry",
+            "delay_ms": backoff_ms(attempts, settings.backoff_base_ms, settings.backoff_cap_ms, rand),
+            "err": err,
+        }
     if kind:
         out["kind"] = kind
     return out

@@ -117,9 +117,9 @@ class Settings:
     backoff_cap_ms: int = 300_000
     throttle_pause_s: float = 60.0
     policy_block_pause_s: float = 3_600.0
-    rates: Mapping[str, Rate] = field(default_factory=lambda: {
-        k: parse_rate(v) for k, v in DEFAULT_RATES.items()
-    })
+    rates: Mapping[str, Rate] = field(
+        default_factory=lambda: {k: parse_rate(v) for k, v in DEFAULT_RATES.items()}
+    )
     rate_burst: int = 5
     usage_slowdown_pct: int = 80
     thread_min_interval_ms: int = 0
@@ -303,9 +303,7 @@ class _Reader:
             return False
         raise ConfigError(f"{name}: expected true or false, got {v!r}")
 
-    def choice(
-        self, name: str, options: tuple[str, ...], default: str, upper: bool = False
-    ) -> str:
+    def choice(self, name: str, options: tuple[str, ...], default: str, upper: bool = False) -> str:
         v = self.str(name)
         if v is None:
             return default
@@ -358,14 +356,19 @@ def settings_to_env(settings: Settings, accounts_file: str) -> dict[str, str]:
 
     The tokens go to ``accounts_file`` (a JSON accounts file, mode 0600), never to the environment.
     """
-    Path(accounts_file).write_text(json.dumps({
-        a.account_id: {
-            "access_token": a.access_token,
-            **({"graph_url": a.graph_url} if a.graph_url else {}),
-            **({"rates": {k: str(v) for k, v in a.rates.items()}} if a.rates else {}),
-            **({"burst": a.burst} if a.burst is not None else {}),
-        } for a in settings.accounts.values()
-    }))
+    Path(accounts_file).write_text(
+        json.dumps(
+            {
+                a.account_id: {
+                    "access_token": a.access_token,
+                    **({"graph_url": a.graph_url} if a.graph_url else {}),
+                    **({"rates": {k: str(v) for k, v in a.rates.items()}} if a.rates else {}),
+                    **({"burst": a.burst} if a.burst is not None else {}),
+                }
+                for a in settings.accounts.values()
+            }
+        )
+    )
     os.chmod(accounts_file, 0o600)
     s = settings
     env = {
@@ -399,8 +402,11 @@ def settings_to_env(settings: Settings, accounts_file: str) -> dict[str, str]:
     }
     for k in RATE_CLASSES:
         env[f"DMWORKER_RATE_{k.upper()}"] = str(s.rates[k])
-    for name, value in (("DMWORKER_REDIS_URL", s.redis_url), ("DMWORKER_BROKER_URL", s.broker_url),
-                        ("DMWORKER_ACCOUNT_ID", s.default_account)):
+    for name, value in (
+        ("DMWORKER_REDIS_URL", s.redis_url),
+        ("DMWORKER_BROKER_URL", s.broker_url),
+        ("DMWORKER_ACCOUNT_ID", s.default_account),
+    ):
         if value:
             env[name] = value
     return env

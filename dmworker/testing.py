@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,8 +18,9 @@ from .settings import Settings, settings_to_env
 class ProcessGroup:
     """Start, kill and restart ``dmworker`` subprocesses sharing one settings environment."""
 
-    def __init__(self, settings: Settings, extra_env: Mapping[str, str] | None = None,
-                 log_dir: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, extra_env: Mapping[str, str] | None = None, log_dir: str | None = None
+    ) -> None:
         self.dir = Path(log_dir or tempfile.mkdtemp(prefix="dmw-procs-"))
         self.env = dict(os.environ)
         self.env.update(settings_to_env(settings, str(self.dir / "accounts.json")))
@@ -26,22 +28,48 @@ class ProcessGroup:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list = []
 
-    def start_worker(self, name: str, concurrency: int = 8, pool: str = "threads",
-                     extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-        args = ["worker", "--pool", pool, "--concurrency", str(concurrency), "--loglevel", "WARNING",
-                "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    def start_worker(
+        self,
+        name: str,
+        concurrency: int = 8,
+        pool: str = "threads",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        args = [
+            "worker",
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "WARNING",
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
         return self._start(name, args, extra_env)
 
-    def start_scheduler(self, name: str, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start_scheduler(
+        self, name: str, extra_env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         return self._start(name, ["scheduler"], extra_env)
 
-    def _start(self, name: str, args: list[str], extra_env: Mapping[str, str] | None) -> subprocess.Popen[bytes]:
+    def _start(
+        self, name: str, args: list[str], extra_env: Mapping[str, str] | None
+    ) -> subprocess.Popen[bytes]:
         env = dict(self.env)
         env.update(extra_env or {})
         log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop_all
         self._logs.append(log)
-        p = subprocess.Popen([sys.executable, "-m", "dmworker.cli", *args], env=env, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "dmworker.cli", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs[name] = p
         return p
 
@@ -54,10 +82,8 @@ class ProcessGroup:
     def stop_all(self, timeout: float = 15.0) -> None:
         for p in self.procs.values():
             if p.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + timeout
         for p in self.procs.values():
             try:
@@ -82,8 +108,12 @@ class Accounting:
     dead-lettered (not lost: they are kept with their reason).
     """
 
-    def __init__(self, expected: Mapping[str, list[str]], delivered: list[tuple[str, str]],
-                 dead: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        expected: Mapping[str, list[str]],
+        delivered: list[tuple[str, str]],
+        dead: set[str] | None = None,
+    ) -> None:
         dead = dead or set()
         position = {tok: (r, i) for r, toks in expected.items() for i, tok in enumerate(toks)}
         seen: dict[str, int] = {}
@@ -109,9 +139,15 @@ class Accounting:
         self.lost = sum(1 for tok in position if tok not in seen and tok not in dead)
 
     def as_dict(self) -> dict[str, int]:
-        return {"accepted": self.accepted, "delivered": self.delivered, "dead": self.dead,
-                "lost": self.lost, "duplicated": self.duplicated, "reordered": self.reordered,
-                "unexpected": self.unexpected}
+        return {
+            "accepted": self.accepted,
+            "delivered": self.delivered,
+            "dead": self.dead,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "reordered": self.reordered,
+            "unexpected": self.unexpected,
+        }
 
     def __str__(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.as_dict().items())

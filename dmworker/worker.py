@@ -63,20 +63,27 @@ class LaneWorker:
             if outcome["o"] == "sent":
                 run.sent += 1
             give_back = (
-                len(run.outcomes) >= self.settings.lane_batch
-                or time.monotonic() - started > LANE_SLICE_S
+                len(run.outcomes) >= self.settings.lane_batch or time.monotonic() - started > LANE_SLICE_S
             )
             step = self.store.step(
-                account, recipient, holder, acquire=False, prev_id=step.job_id, outcome=outcome,
-                yield_lane=give_back, token=token,
+                account,
+                recipient,
+                holder,
+                acquire=False,
+                prev_id=step.job_id,
+                outcome=outcome,
+                yield_lane=give_back,
+                token=token,
             )
         run.ended = step.action
         run.wait_until_ms = step.until_ms
         if step.action == "yield" and publish is not None:
             publish(account, recipient)
         if step.action == "lost":
-            log.warning("lane lease lost (a send took longer than DMWORKER_LEASE_MS)",
-                        extra={"account": account, "recipient": recipient})
+            log.warning(
+                "lane lease lost (a send took longer than DMWORKER_LEASE_MS)",
+                extra={"account": account, "recipient": recipient},
+            )
         return run
 
     def execute(self, account: str, recipient: str, step: Step) -> dict[str, Any]:
@@ -88,8 +95,13 @@ class LaneWorker:
             log.error("invalid stored job: %s", e, extra=extra)
             return {"o": "failed", "dead": True, "err": {"kind": "invalid_job", "message": str(e)}}
         settled = precheck(
-            job, now_ms=step.now_ms, attempts=step.attempts, state_before=step.state_before,
-            window_ms=step.window_ms, comment_state=step.comment_state, settings=self.settings,
+            job,
+            now_ms=step.now_ms,
+            attempts=step.attempts,
+            state_before=step.state_before,
+            window_ms=step.window_ms,
+            comment_state=step.comment_state,
+            settings=self.settings,
         )
         if settled is not None:
             settled.setdefault("kind", job["kind"])
@@ -102,9 +114,19 @@ class LaneWorker:
             pause = outcome.get("pause_ms")
             log.warning(
                 "account %s paused (%s) %s: no send to it until then, then one probe",
-                account, "Meta policy block, code 368" if outcome.get("reason") == "policy_block" else "throttled",
-                f"for {pause / 1000:g} s" if pause else "with exponential backoff", extra=extra)
+                account,
+                "Meta policy block, code 368" if outcome.get("reason") == "policy_block" else "throttled",
+                f"for {pause / 1000:g} s" if pause else "with exponential backoff",
+                extra=extra,
+            )
         level = logging.INFO if outcome["o"] == "sent" else logging.WARNING
-        log.log(level, "%s %s (attempt %d)%s", job["kind"], outcome["o"], step.attempts,
-                f": {outcome['err'].get('message')}" if outcome.get("err") else "", extra=extra)
+        log.log(
+            level,
+            "%s %s (attempt %d)%s",
+            job["kind"],
+            outcome["o"],
+            step.attempts,
+            f": {outcome['err'].get('message')}" if outcome.get("err") else "",
+            extra=extra,
+        )
         return outcome

@@ -17,8 +17,9 @@ from dmworker.settings import settings_to_env
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dmworker.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "dmworker.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_every_command_has_help():
@@ -54,16 +55,28 @@ def test_embedded_redis_is_shared_and_persistent(tmp_path):
     data = str(tmp_path / "data")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMWORKER_")}
     env["DMWORKER_DATA_DIR"] = data
-    code = ("from dmworker.settings import Settings; from dmworker import redisconn; "
-            "s = Settings.from_env(); c = redisconn.client(s); print(redisconn.redis_url(s)); {}")
+    code = (
+        "from dmworker.settings import Settings; from dmworker import redisconn; "
+        "s = Settings.from_env(); c = redisconn.client(s); print(redisconn.redis_url(s)); {}"
+    )
     try:
-        a = subprocess.run([sys.executable, "-c", code.format("c.set('dmwembed:k', 'v')")], env=env,
-                           capture_output=True, text=True, timeout=60)
+        a = subprocess.run(
+            [sys.executable, "-c", code.format("c.set('dmwembed:k', 'v')")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert a.returncode == 0, a.stderr
         assert "using the embedded Redis" in a.stderr  # one line says so and how to use a real one
         # Then the next process reuses it (same socket, sees the data) without starting another
-        b = subprocess.run([sys.executable, "-c", code.format("print(c.get('dmwembed:k'))")], env=env,
-                           capture_output=True, text=True, timeout=60)
+        b = subprocess.run(
+            [sys.executable, "-c", code.format("print(c.get('dmwembed:k'))")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert b.stdout.split() == [a.stdout.strip(), "v"] and "using the embedded" not in b.stderr
         # ... and the data survives a restart of the server (AOF under the data directory)
         sock = ensure_embedded(data)
@@ -83,9 +96,18 @@ def test_with_a_url_nothing_embedded_starts(tmp_path, redis_url):
         pytest.skip("this run itself uses the embedded Redis")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMWORKER_")}
     env.update(DMWORKER_DATA_DIR=str(tmp_path / "d"), DMWORKER_REDIS_URL=redis_url)
-    out = subprocess.run([sys.executable, "-c", "from dmworker.settings import Settings; from dmworker import "
-                          "redisconn; print(redisconn.client(Settings.from_env()).ping())"],
-                         env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from dmworker.settings import Settings; from dmworker import "
+            "redisconn; print(redisconn.client(Settings.from_env()).ping())",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.stdout.strip() == "True" and not (tmp_path / "d").exists()
 
 

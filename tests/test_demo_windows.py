@@ -22,8 +22,13 @@ def test_demo_exits_0_in_under_a_minute_on_the_embedded_redis(tmp_path):
     env["DMWORKER_DATA_DIR"] = str(tmp_path / "data")  # no DMWORKER_REDIS_URL: embedded Redis
     t0 = time.monotonic()
     try:
-        out = subprocess.run([sys.executable, "-m", "dmworker.cli", "demo", "--users", "200"], env=env,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "dmworker.cli", "demo", "--users", "200"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         stop_embedded(str(tmp_path / "data"))
     took = time.monotonic() - t0
@@ -48,11 +53,11 @@ def test_window_refuses_at_enqueue_with_the_closing_time(enforcing):
     store.inbound(acct, "7001", "m-7001", now - 23 * HOUR_MS, opens_window=True, cancels=True)
     w = ob.window("7001")
     assert w.open and w.closes_at_ms == now - 23 * HOUR_MS + 24 * HOUR_MS and w.human_agent_open
-    ob.send_text("7001", "within the hour", delay=1800)          # due before the window closes
-    with pytest.raises(WindowClosedError) as e:                  # due after it closes: refused
+    ob.send_text("7001", "within the hour", delay=1800)  # due before the window closes
+    with pytest.raises(WindowClosedError) as e:  # due after it closes: refused
         ob.send_text("7001", "too late", delay=2 * 3600)
     assert e.value.closes_at_ms == w.closes_at_ms and "closes at" in str(e.value)
-    ob.send_text("7001", "a human, later", delay=2 * 3600, human_agent=True)   # 7 days with HUMAN_AGENT
+    ob.send_text("7001", "a human, later", delay=2 * 3600, human_agent=True)  # 7 days with HUMAN_AGENT
     with pytest.raises(ValueError, match="naive"):
         from datetime import datetime
 
@@ -66,8 +71,15 @@ def test_thread_pacing_spaces_sends_to_one_user(settings, rdb):
     t0 = 1_900_000_000_000
     st = store.step(s.default_account, "7101", "w", acquire=True, now_ms=t0)
     assert st.job_id == a.id
-    st = store.step(s.default_account, "7101", "w", acquire=False, prev_id=a.id,
-                    outcome={"o": "sent", "mid": "m"}, now_ms=t0 + 10)
+    st = store.step(
+        s.default_account,
+        "7101",
+        "w",
+        acquire=False,
+        prev_id=a.id,
+        outcome={"o": "sent", "mid": "m"},
+        now_ms=t0 + 10,
+    )
     assert st.action == "wait" and st.why == "thread" and st.until_ms == t0 + 500
     assert store.step(s.default_account, "7101", "w", acquire=True, now_ms=t0 + 500).job_id == b.id
 
@@ -79,8 +91,12 @@ def test_a_batch_with_one_closed_window_queues_nothing(enforcing):
     from dmworker.errors import ValidationError
 
     with pytest.raises(ValidationError) as e:
-        ob.send_many([{"kind": "text", "recipient": "7201", "text": "open"},
-                      {"kind": "text", "recipient": "7202", "text": "never wrote"}])
+        ob.send_many(
+            [
+                {"kind": "text", "recipient": "7201", "text": "open"},
+                {"kind": "text", "recipient": "7202", "text": "never wrote"},
+            ]
+        )
     assert list(e.value.messages) == ["1.window"]
     assert store.redis.exists(store.acct(s.default_account).lane("7201")) == 0
     ob.send_many([{"kind": "text", "recipient": "7201", "text": "open"}])

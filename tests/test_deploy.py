@@ -60,10 +60,28 @@ EXPECTED_FILES = [
     "systemd/dmworker.env.example",
 ]
 
-DOCKERFILE_INSTRUCTIONS = frozenset({
-    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
-    "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
-})
+DOCKERFILE_INSTRUCTIONS = frozenset(
+    {
+        "ADD",
+        "ARG",
+        "CMD",
+        "COPY",
+        "ENTRYPOINT",
+        "ENV",
+        "EXPOSE",
+        "FROM",
+        "HEALTHCHECK",
+        "LABEL",
+        "MAINTAINER",
+        "ONBUILD",
+        "RUN",
+        "SHELL",
+        "STOPSIGNAL",
+        "USER",
+        "VOLUME",
+        "WORKDIR",
+    }
+)
 SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh"})
 WRAPPERS = frozenset({"exec", "nice", "nohup", "tini", "dumb-init", "time"})
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|REDIS_URL|BROKER_URL", re.IGNORECASE)
@@ -176,9 +194,23 @@ def parse_procfile(text: str) -> dict[str, str]:
 
 def systemd_seconds(value: str) -> float:
     """A systemd time span (``90``, ``90s``, ``1min 30s``, ``2m``) in seconds."""
-    units = {"": 1, "s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "minute": 60,
-             "minutes": 60, "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600, "ms": 0.001,
-             "msec": 0.001}
+    units = {
+        "": 1,
+        "s": 1,
+        "sec": 1,
+        "second": 1,
+        "seconds": 1,
+        "m": 60,
+        "min": 60,
+        "minute": 60,
+        "minutes": 60,
+        "h": 3600,
+        "hr": 3600,
+        "hour": 3600,
+        "hours": 3600,
+        "ms": 0.001,
+        "msec": 0.001,
+    }
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value.strip())
     assert parts and "".join(value.split()) == "".join(n + u for n, u in parts), value
     return sum(float(n) * units[u] for n, u in parts)
@@ -564,8 +596,9 @@ def test_keda_scales_the_worker_on_the_celery_queue_list(monkeypatch: pytest.Mon
     one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
     # The Redis key of the queue, as the Celery app configures kombu for the shipped prefix.
     prefix = one(yaml_docs("configmap.yaml"), "ConfigMap")["data"].get("DMWORKER_KEY_PREFIX", "dmw")
-    settings = Settings.from_env({"DMWORKER_REDIS_URL": "redis://redis:6379/0",
-                                  "DMWORKER_KEY_PREFIX": prefix})
+    settings = Settings.from_env(
+        {"DMWORKER_REDIS_URL": "redis://redis:6379/0", "DMWORKER_KEY_PREFIX": prefix}
+    )
     monkeypatch.setattr(celery_app, "get_runtime", lambda: SimpleNamespace(settings=settings))
     conf = celery_app.celery_config()
     key = conf.get("broker_transport_options", {}).get("global_keyprefix", "") + conf["task_default_queue"]
@@ -579,12 +612,18 @@ def test_command_extraction() -> None:
         return [program(c.argv) for c in commands_from("t", text)]
 
     assert progs("sh -c 'exec dmworker worker --concurrency 4'")[-1] == (
-        "dmworker", ("worker", "--concurrency", "4"))
+        "dmworker",
+        ("worker", "--concurrency", "4"),
+    )
     assert progs("env A=1 /opt/v/bin/dmworker scheduler && python -m dmworker web") == [
-        ("dmworker", ("scheduler",)), ("dmworker", ("web",))]
+        ("dmworker", ("scheduler",)),
+        ("dmworker", ("web",)),
+    ]
     assert progs("useradd --system dmworker")[0][0] == "useradd"
     assert program(("python3", "-m", "celery", "-A", CELERY_APP, "inspect", "ping")) == (
-        "celery", ("-A", CELERY_APP, "inspect", "ping"))
+        "celery",
+        ("-A", CELERY_APP, "inspect", "ping"),
+    )
 
 
 def test_deployments_run_web_worker_and_scheduler() -> None:
@@ -595,8 +634,12 @@ def test_deployments_run_web_worker_and_scheduler() -> None:
     for where in ("deploy/k8s/scheduler.yaml", "deploy/docker-compose.yml"):
         assert (where, "scheduler") in runs, where
     gunicorns = {c.source.split()[0] for c, _ in invocations("gunicorn")}
-    assert {"Procfile", "deploy/k8s/web.yaml", "deploy/docker-compose.yml",
-            "deploy/systemd/dmworker-web.service"} <= gunicorns
+    assert {
+        "Procfile",
+        "deploy/k8s/web.yaml",
+        "deploy/docker-compose.yml",
+        "deploy/systemd/dmworker-web.service",
+    } <= gunicorns
 
 
 def test_every_dmworker_subcommand_exists(cli_parser: argparse.ArgumentParser) -> None:

@@ -44,7 +44,7 @@ def test_temporary_failures_retry_with_backoff_and_keep_the_lane_order(settings,
 
 
 def test_throttled_waits_without_burning_an_attempt(settings, sandbox, rdb):
-    s, ob, w = _setup(settings, rdb)
+    _s, ob, w = _setup(settings, rdb)
     sandbox.open_window(ACCOUNT, "3002")
     sandbox.throttle(ACCOUNT, 0.6, code=613, retry_after_s=0.7)
     j = ob.send_text("3002", "hi")
@@ -58,7 +58,7 @@ def test_throttled_waits_without_burning_an_attempt(settings, sandbox, rdb):
 
 
 def test_permanent_failure_fails_at_once_and_the_next_job_proceeds(settings, sandbox, rdb):
-    s, ob, w = _setup(settings, rdb)
+    _s, ob, w = _setup(settings, rdb)
     j1 = ob.send_text("3003", "no window yet")  # Meta refuses: outside the window (code 10 / 2534022)
     w.run_lane(ACCOUNT, "3003")
     st = ob.status(j1.id)
@@ -95,7 +95,7 @@ def test_a_bad_token_stops_the_account_without_dead_lettering_its_queue(settings
 
 
 def test_a_read_timeout_after_the_send_is_outcome_unknown_and_retried(settings, sandbox, rdb):
-    s, ob, w = _setup(settings, rdb, http_read_timeout_s=0.5)
+    _s, ob, w = _setup(settings, rdb, http_read_timeout_s=0.5)
     sandbox.open_window(ACCOUNT, "3006")
     sandbox.set_slow(900)
     j = ob.send_text("3006", "maybe twice")

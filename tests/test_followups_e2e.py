@@ -37,8 +37,15 @@ def test_10000_followups_two_schedulers_and_kills(settings, sandbox, rdb):
         for i in range(10_000):
             r = recipients[i % 1000]
             due = base + rng.uniform(0, 30)
-            items.append({"kind": "text", "recipient": r, "text": f"f{i}", "delay": due - time.time(),
-                          "cancel_on_reply": i % 1000 < 100 and i >= 9000})
+            items.append(
+                {
+                    "kind": "text",
+                    "recipient": r,
+                    "text": f"f{i}",
+                    "delay": due - time.time(),
+                    "cancel_on_reply": i % 1000 < 100 and i >= 9000,
+                }
+            )
         t_enq = time.time()
         jobs = ob.send_many(items)
         print(f"enqueued 10,000 follow-ups in {time.time() - t_enq:.2f} s")
@@ -47,8 +54,14 @@ def test_10000_followups_two_schedulers_and_kills(settings, sandbox, rdb):
             assert ob.cancel(jobs[i].id)
         replied = {i for i in range(9000, 10_000) if items[i]["cancel_on_reply"]}
         for i in replied:  # the user writes before the follow-up is due
-            new, ids = store.inbound(ACCOUNT, items[i]["recipient"], f"mid-{i}", int(time.time() * 1000),
-                                     opens_window=True, cancels=True)
+            new, ids = store.inbound(
+                ACCOUNT,
+                items[i]["recipient"],
+                f"mid-{i}",
+                int(time.time() * 1000),
+                opens_window=True,
+                cancels=True,
+            )
             assert new and jobs[i].id in ids
         # ... while a worker and a scheduler are killed and restarted mid-run
         time.sleep(max(0, base + 10 - time.time()))
@@ -73,8 +86,10 @@ def test_10000_followups_two_schedulers_and_kills(settings, sandbox, rdb):
         early = [i for i in live if min(by_text.get(f"f{i}", [1e18])) < due_ms[i]]  # type: ignore[operator]
         lags = sorted(min(by_text[f"f{i}"]) - due_ms[i] for i in live)  # type: ignore[operator]
         p50, p99 = lags[len(lags) // 2], lags[int(len(lags) * 0.99)]
-        print(f"sent {len(by_text)} of {len(live)} live; dup {dup} (in flight at kill {in_flight}); "
-              f"lag p50 {p50:.0f} ms p99 {p99:.0f} ms max {lags[-1]:.0f} ms")
+        print(
+            f"sent {len(by_text)} of {len(live)} live; dup {dup} (in flight at kill {in_flight}); "
+            f"lag p50 {p50:.0f} ms p99 {p99:.0f} ms max {lags[-1]:.0f} ms"
+        )
         assert never == [] and wrongly == [] and early == []
         assert dup <= in_flight
         assert p99 < 1000

@@ -32,8 +32,9 @@ class Api:
         self.client = client
         self.responses: list[Any] = []
 
-    def call(self, method: str, path: str, token: str | None = TOKENS[0], headers: dict | None = None,
-             **kw: Any) -> Any:
+    def call(
+        self, method: str, path: str, token: str | None = TOKENS[0], headers: dict | None = None, **kw: Any
+    ) -> Any:
         h = dict(headers or {})
         if token:
             h["Authorization"] = f"Bearer {token}"
@@ -83,8 +84,11 @@ def queued_keys(rdb, prefix: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ auth
 def test_bearer_auth_none_wrong_and_both_right_tokens(api):
-    for resp in (api.get("/v1/accounts", token=None), api.get("/v1/accounts", token=WRONG),
-                 api.get("/v1/accounts", token=None, headers={"Authorization": f"Basic {TOKENS[0]}"})):
+    for resp in (
+        api.get("/v1/accounts", token=None),
+        api.get("/v1/accounts", token=WRONG),
+        api.get("/v1/accounts", token=None, headers={"Authorization": f"Basic {TOKENS[0]}"}),
+    ):
         assert resp.status_code == 401 and resp.is_json
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     for token in TOKENS:
@@ -102,13 +106,19 @@ def test_without_configured_tokens_everything_is_401_and_logged_once(settings, r
 # ------------------------------------------------------------------------------------------ messages
 def test_validation_errors_name_the_fields_and_queue_nothing(api, rdb, key_prefix, published):
     replies = [{"title": f"r{i}", "payload": "p"} for i in range(3)] + [{"title": "x" * 30, "payload": "p"}]
-    one = api.post("/v1/messages",
-                   {"kind": "quick_replies", "recipient": USER, "text": "pick", "replies": replies})
+    one = api.post(
+        "/v1/messages", {"kind": "quick_replies", "recipient": USER, "text": "pick", "replies": replies}
+    )
     assert one.status_code == 422 and one.json["error"] == "validation"
     assert "replies.3.title" in one.json["fields"]
-    batch = api.post("/v1/messages", [{"kind": "text", "recipient": USER, "text": ""},
-                                      {"kind": "text", "recipient": USER, "text": "fine"},
-                                      {"kind": "nope", "recipient": USER}])
+    batch = api.post(
+        "/v1/messages",
+        [
+            {"kind": "text", "recipient": USER, "text": ""},
+            {"kind": "text", "recipient": USER, "text": "fine"},
+            {"kind": "nope", "recipient": USER},
+        ],
+    )
     assert batch.status_code == 422
     paths = set(batch.json["fields"])
     assert {"0.text", "2.kind"} <= paths and not any(p.startswith("1.") for p in paths)
@@ -119,13 +129,19 @@ def test_validation_errors_name_the_fields_and_queue_nothing(api, rdb, key_prefi
 
 
 def test_a_batch_is_accepted_in_order(api, published):
-    resp = api.post("/v1/messages", [
-        {"kind": "typing", "recipient": USER, "seconds": 1},
-        {"kind": "text", "recipient": USER, "text": "Hi!"},
-        {"kind": "sequence", "recipient": USER2,
-         "steps": [{"kind": "typing"}, {"kind": "text", "text": "yo"}]},
-        {"kind": "text", "recipient": USER2, "text": "later", "delay": 600, "key": "remind"},
-    ])
+    resp = api.post(
+        "/v1/messages",
+        [
+            {"kind": "typing", "recipient": USER, "seconds": 1},
+            {"kind": "text", "recipient": USER, "text": "Hi!"},
+            {
+                "kind": "sequence",
+                "recipient": USER2,
+                "steps": [{"kind": "typing"}, {"kind": "text", "text": "yo"}],
+            },
+            {"kind": "text", "recipient": USER2, "text": "later", "delay": 600, "key": "remind"},
+        ],
+    )
     assert resp.status_code == 202
     jobs = resp.json["jobs"]
     assert [j["recipient"] for j in jobs] == [USER, USER, USER2, USER2]
@@ -163,8 +179,9 @@ def test_a_closed_window_is_422_with_when_it_closes(asettings, rdb):
     api = make_api(asettings.with_overrides(window_policy="enforce"), rdb, [])
     resp = api.post("/v1/messages", {"kind": "text", "recipient": USER, "text": "hi"})
     assert resp.status_code == 422 and "window" in resp.json["fields"] and resp.json["closes_at_ms"] is None
-    LaneStore(asettings, rdb).inbound(ACCOUNT, USER, "m:1", int(time.time() * 1000), opens_window=True,
-                                      cancels=True)
+    LaneStore(asettings, rdb).inbound(
+        ACCOUNT, USER, "m:1", int(time.time() * 1000), opens_window=True, cancels=True
+    )
     late = api.post("/v1/messages", {"kind": "text", "recipient": USER, "text": "hi", "delay": 2 * 86400})
     assert late.status_code == 422 and isinstance(late.json["closes_at_ms"], int)
 
@@ -182,9 +199,14 @@ def test_cancel_a_job_and_a_followup_key(api):
 
 
 def test_unknown_things_are_404_json(api):
-    for method, path in (("GET", "/v1/jobs/not-a-job-id"), ("GET", f"/v1/jobs/{ACCOUNT}.0000dead"),
-                         ("DELETE", f"/v1/jobs/{ACCOUNT}.0000dead"), ("GET", f"/v1/dlq/{ACCOUNT}.0000dead"),
-                         ("POST", f"/v1/dlq/{ACCOUNT}.0000dead/replay"), ("GET", "/v1/nothing-here")):
+    for method, path in (
+        ("GET", "/v1/jobs/not-a-job-id"),
+        ("GET", f"/v1/jobs/{ACCOUNT}.0000dead"),
+        ("DELETE", f"/v1/jobs/{ACCOUNT}.0000dead"),
+        ("GET", f"/v1/dlq/{ACCOUNT}.0000dead"),
+        ("POST", f"/v1/dlq/{ACCOUNT}.0000dead/replay"),
+        ("GET", "/v1/nothing-here"),
+    ):
         resp = api.call(method, path)
         assert resp.status_code == 404 and resp.is_json, (method, path)
     assert api.call("PUT", "/v1/messages").status_code == 405
@@ -236,8 +258,16 @@ def test_windows_endpoint(api, asettings, rdb):
 def test_openapi_lists_every_path_and_every_kind(api):
     doc = api.get("/openapi.json", token=None).json
     assert doc["openapi"].startswith("3.") and json.loads(json.dumps(doc)) == doc
-    assert {"/v1/messages", "/v1/jobs/{job_id}", "/v1/followups", "/v1/dlq", "/v1/dlq/{job_id}",
-            "/v1/dlq/{job_id}/replay", "/v1/windows/{igsid}", "/v1/accounts"} <= set(doc["paths"])
+    assert {
+        "/v1/messages",
+        "/v1/jobs/{job_id}",
+        "/v1/followups",
+        "/v1/dlq",
+        "/v1/dlq/{job_id}",
+        "/v1/dlq/{job_id}/replay",
+        "/v1/windows/{igsid}",
+        "/v1/accounts",
+    } <= set(doc["paths"])
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     schemas = doc["components"]["schemas"]
     camel = ["".join(p.capitalize() for p in k.split("_")) for k in KINDS]
@@ -270,8 +300,13 @@ def test_healthz_needs_a_fresh_heartbeat(api, rdb, key_prefix):
 
 
 def test_redis_unreachable_is_503(asettings):
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, decode_responses=True,
-                       retry=Retry(NoBackoff(), 0))
+    dead = redis.Redis(
+        host="127.0.0.1",
+        port=1,
+        socket_connect_timeout=0.2,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+    )
     api = make_api(asettings, dead, [])
     resp = api.post("/v1/messages", {"kind": "text", "recipient": USER, "text": "x"})
     assert resp.status_code == 503 and "Redis is unreachable" in resp.json["message"]

@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from dmworker.lanes import LaneStore
@@ -20,10 +21,18 @@ T0 = 1_800_000_000_000
 
 def _settings(redis_url: str, prefix: str, text_rate: str = "1000000/s", burst: int = 1) -> Settings:
     return Settings.from_env({}).with_overrides(
-        redis_url=redis_url, key_prefix=prefix, default_account=A, accounts={A: AccountConfig(A, "t")},
-        lease_ms=1000, rate_burst=burst,
-        rates={"text": parse_rate(text_rate), "media": parse_rate("10/s"),
-               "private_reply": parse_rate("750/h"), "conversations": parse_rate("2/s")},
+        redis_url=redis_url,
+        key_prefix=prefix,
+        default_account=A,
+        accounts={A: AccountConfig(A, "t")},
+        lease_ms=1000,
+        rate_burst=burst,
+        rates={
+            "text": parse_rate(text_rate),
+            "media": parse_rate("10/s"),
+            "private_reply": parse_rate("750/h"),
+            "conversations": parse_rate("2/s"),
+        },
     )
 
 
@@ -84,8 +93,15 @@ def test_lane_step_respects_the_same_bound(redis_url: str, burst: int, gaps: lis
             step = store.step(A, str(1000 + n % 40), f"w{n}", acquire=True, now_ms=t)
             if step.action == "job":
                 sends.append(t)
-                store.step(A, str(1000 + n % 40), f"w{n}", acquire=False, prev_id=step.job_id,
-                           outcome={"o": "sent", "mid": "m"}, now_ms=t)
+                store.step(
+                    A,
+                    str(1000 + n % 40),
+                    f"w{n}",
+                    acquire=False,
+                    prev_id=step.job_id,
+                    outcome={"o": "sent", "mid": "m"},
+                    now_ms=t,
+                )
         # Then no 1-second window holds more than 50 + burst sends
         j = 0
         for i in range(len(sends)):
@@ -109,12 +125,12 @@ class LaneMachine(RuleBasedStateMachine):
         self.store = LaneStore(self.s, self.r)
         self.ob = Outbox(settings=self.s, client=self.r, publish=lambda a, rr: None)
         self.now = T0
-        self.order: dict[str, list[str]] = {"1": [], "2": []}   # accepted order per lane
-        self.done: set[str] = set()                              # finished (sent or failed)
+        self.order: dict[str, list[str]] = {"1": [], "2": []}  # accepted order per lane
+        self.done: set[str] = set()  # finished (sent or failed)
         self.sent: dict[str, list[str]] = {"1": [], "2": []}
-        self.holding: dict[str, tuple[str, str, int]] = {}       # holder -> (lane, job, lease end)
-        self.gen: dict[str, int] = {"w1": 0, "w2": 0, "w3": 0}    # a restarted worker is a new holder
-        self.dead: list[tuple[str, int]] = []                    # (lane, lease end) of crashed holders
+        self.holding: dict[str, tuple[str, str, int]] = {}  # holder -> (lane, job, lease end)
+        self.gen: dict[str, int] = {"w1": 0, "w2": 0, "w3": 0}  # a restarted worker is a new holder
+        self.dead: list[tuple[str, int]] = []  # (lane, lease end) of crashed holders
 
     def holder(self, worker: str) -> str:
         return f"{worker}#{self.gen[worker]}"
@@ -157,9 +173,11 @@ class LaneMachine(RuleBasedStateMachine):
     def finish(self, data: st.DataObject, outcome: str) -> None:
         worker = data.draw(st.sampled_from(sorted(self.holding)))
         lane, job_id, _ = self.holding.pop(worker)
-        o = {"sent": {"o": "sent", "mid": "m"},
-             "retry": {"o": "retry", "delay_ms": 50, "err": {"kind": "temporary", "message": "x"}},
-             "failed": {"o": "failed", "dead": True, "err": {"kind": "invalid", "message": "x"}}}[outcome]
+        o = {
+            "sent": {"o": "sent", "mid": "m"},
+            "retry": {"o": "retry", "delay_ms": 50, "err": {"kind": "temporary", "message": "x"}},
+            "failed": {"o": "failed", "dead": True, "err": {"kind": "invalid", "message": "x"}},
+        }[outcome]
         status_before = self.ob.status(job_id)
         step = self.store.step(A, lane, worker, acquire=False, prev_id=job_id, outcome=o, now_ms=self.now)
         applied = status_before.state == "sending" and self.ob.status(job_id).state != "sending"
@@ -175,7 +193,7 @@ class LaneMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def crash(self, data: st.DataObject) -> None:
         worker = data.draw(st.sampled_from(sorted(self.holding)))
-        lane, job_id, end = self.holding.pop(worker)
+        lane, _job_id, end = self.holding.pop(worker)
         self.dead.append((lane, end))  # its lease still counts until it expires
         name = worker.split("#")[0]
         self.gen[name] += 1
@@ -202,6 +220,7 @@ def test_lane_state_machine(lane_machine: type[LaneMachine]) -> None:
 
     run_state_machine_as_test(
         lane_machine,
-        settings=settings(max_examples=60, stateful_step_count=40, deadline=None,
-                          suppress_health_check=list(HealthCheck)),
+        settings=settings(
+            max_examples=60, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck)
+        ),
     )

@@ -17,10 +17,17 @@ T0 = 1_800_000_000_000  # an injected "now" in ms
 @pytest.fixture
 def lsettings(redis_url: str, key_prefix: str) -> Settings:
     return Settings.from_env({}).with_overrides(
-        redis_url=redis_url, key_prefix=key_prefix, default_account=A,
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        default_account=A,
         accounts={A: AccountConfig(A, "tok-a"), B: AccountConfig(B, "tok-b")},
-        lease_ms=1000, rates={"text": parse_rate("10/s"), "media": parse_rate("10/s"),
-                              "private_reply": parse_rate("750/h"), "conversations": parse_rate("2/s")},
+        lease_ms=1000,
+        rates={
+            "text": parse_rate("10/s"),
+            "media": parse_rate("10/s"),
+            "private_reply": parse_rate("750/h"),
+            "conversations": parse_rate("2/s"),
+        },
         rate_burst=2,
     )
 
@@ -81,8 +88,15 @@ def test_retry_holds_the_lane_and_keeps_the_job_first(outbox, store):
     ob, _ = outbox
     j1, j2 = ob.send_text("333", "one"), ob.send_text("333", "two")
     st = store.step(A, "333", "w", acquire=True, now_ms=T0)
-    st = store.step(A, "333", "w", acquire=False, prev_id=j1.id, now_ms=T0,
-                    outcome={"o": "retry", "delay_ms": 300, "err": {"kind": "temporary", "message": "x"}})
+    st = store.step(
+        A,
+        "333",
+        "w",
+        acquire=False,
+        prev_id=j1.id,
+        now_ms=T0,
+        outcome={"o": "retry", "delay_ms": 300, "err": {"kind": "temporary", "message": "x"}},
+    )
     assert st.action == "wait" and st.until_ms == T0 + 300 and st.why == "hold"
     assert ob.status(j1.id).state == "waiting"
     assert store.step(A, "333", "w", acquire=True, now_ms=T0 + 299).action == "wait"
@@ -97,8 +111,15 @@ def test_a_throttle_pauses_the_whole_account_then_one_probe_goes(outbox, store):
     a1, a2 = ob.send_text("401", "x"), ob.send_text("402", "y")
     other = ob.send_text("403", "z", account=B)
     st = store.step(A, "401", "w", acquire=True, now_ms=T0)
-    st = store.step(A, "401", "w", acquire=False, prev_id=a1.id, now_ms=T0,
-                    outcome={"o": "throttled", "pause_ms": 3000, "err": {"kind": "throttled", "message": "t"}})
+    st = store.step(
+        A,
+        "401",
+        "w",
+        acquire=False,
+        prev_id=a1.id,
+        now_ms=T0,
+        outcome={"o": "throttled", "pause_ms": 3000, "err": {"kind": "throttled", "message": "t"}},
+    )
     assert st.action == "wait" and st.why.startswith("paused") and st.until_ms == T0 + 3000
     assert ob.status(a1.id).attempts == 0  # the throttled attempt was refunded
     assert store.step(A, "402", "v", acquire=True, now_ms=T0 + 10).action == "wait"
@@ -116,9 +137,21 @@ def test_a_bad_token_stops_the_account_until_the_token_changes(outbox, store):
     ob, _ = outbox
     j1, j2 = ob.send_text("501", "x"), ob.send_text("501", "y")
     store.step(A, "501", "w", acquire=True, now_ms=T0, token="old")
-    st = store.step(A, "501", "w", acquire=False, prev_id=j1.id, token="old", now_ms=T0,
-                    outcome={"o": "failed", "dead": True, "token_invalid": True,
-                             "err": {"kind": "token_invalid", "message": "bad token", "code": 190}})
+    st = store.step(
+        A,
+        "501",
+        "w",
+        acquire=False,
+        prev_id=j1.id,
+        token="old",
+        now_ms=T0,
+        outcome={
+            "o": "failed",
+            "dead": True,
+            "token_invalid": True,
+            "err": {"kind": "token_invalid", "message": "bad token", "code": 190},
+        },
+    )
     assert st.action == "wait" and st.why == "paused:token_invalid"
     s1 = ob.status(j1.id)
     assert s1.state == "failed" and s1.dead_lettered and s1.last_error and s1.last_error.code == 190
@@ -152,7 +185,7 @@ def test_followups_enter_the_lane_when_due_behind_what_is_there(outbox, store):
 
 
 def test_idempotency_key_returns_the_same_job(outbox, store):
-    ob, published = outbox
+    ob, _published = outbox
     a = ob.send_text("801", "x", idempotency_key="order-1")
     b = ob.send_text("801", "x", idempotency_key="order-1")
     assert b.id == a.id and b.duplicate and not a.duplicate
@@ -179,8 +212,15 @@ def test_sequence_is_atomic_and_typing_holds_the_next_step(outbox, store):
     assert len(job.ids) == 2
     st = store.step(A, "1001", "w", acquire=True, now_ms=T0)
     assert st.job_id == job.ids[0] and json.loads(st.job_json or "{}")["kind"] == "typing"
-    st = store.step(A, "1001", "w", acquire=False, prev_id=st.job_id, now_ms=T0,
-                    outcome={"o": "sent", "kind": "typing", "hold_ms": 2000})
+    st = store.step(
+        A,
+        "1001",
+        "w",
+        acquire=False,
+        prev_id=st.job_id,
+        now_ms=T0,
+        outcome={"o": "sent", "kind": "typing", "hold_ms": 2000},
+    )
     assert st.action == "wait" and st.until_ms == T0 + 2000
     assert store.step(A, "1001", "w", acquire=True, now_ms=T0 + 2000).job_id == job.ids[1]
 
@@ -190,9 +230,17 @@ def test_invalid_input_queues_nothing(outbox, store):
     from dmworker.errors import ValidationError
 
     with pytest.raises(ValidationError) as e:
-        ob.send_many([{"kind": "text", "recipient": "1101", "text": "ok"},
-                      {"kind": "quick_replies", "recipient": "1101", "text": "q",
-                       "replies": [{"content_type": "text", "title": "t" * 30, "payload": "p"}]}])
+        ob.send_many(
+            [
+                {"kind": "text", "recipient": "1101", "text": "ok"},
+                {
+                    "kind": "quick_replies",
+                    "recipient": "1101",
+                    "text": "q",
+                    "replies": [{"content_type": "text", "title": "t" * 30, "payload": "p"}],
+                },
+            ]
+        )
     assert "1.replies.0.title" in e.value.messages
     assert store.redis.exists(store.acct(A).lane("1101")) == 0
     assert published == []

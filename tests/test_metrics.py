@@ -76,8 +76,11 @@ def test_metrics_count_what_the_workers_did(msettings, rdb, sandbox):
     assert value(m, "dmworker_send_latency_seconds_count", account=ACCOUNT) == 4
     assert value(m, "dmworker_send_latency_seconds_bucket", account=ACCOUNT, le="+Inf") == 4
     assert 0 < value(m, "dmworker_send_latency_seconds_sum", account=ACCOUNT) < 40
-    buckets = sorted((float(dict(k)["le"]), v) for k, v in m["dmworker_send_latency_seconds_bucket"].items()
-                     if dict(k)["account"] == ACCOUNT)
+    buckets = sorted(
+        (float(dict(k)["le"]), v)
+        for k, v in m["dmworker_send_latency_seconds_bucket"].items()
+        if dict(k)["account"] == ACCOUNT
+    )
     assert [b for b, _ in buckets][:3] == [0.01, 0.025, 0.05] and len(buckets) == 11
     counts = [v for _, v in buckets]
     assert counts == sorted(counts)  # cumulative

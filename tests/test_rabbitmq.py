@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import pytest
@@ -30,7 +31,9 @@ def _amqp_publisher(queue: str):
 
     app = Celery("dmworker-test-amqp", set_as_current=False)
     app.conf.update(broker_url=AMQP_URL, task_serializer="json", accept_content=["json"])
-    return lambda account, recipient: app.send_task("dmworker.process_lane", (account, recipient), queue=queue)
+    return lambda account, recipient: app.send_task(
+        "dmworker.process_lane", (account, recipient), queue=queue
+    )
 
 
 def test_rabbitmq_broker_delivers_in_order_through_a_worker_kill(settings, sandbox, rdb):
@@ -55,14 +58,12 @@ def test_rabbitmq_broker_delivers_in_order_through_a_worker_kill(settings, sandb
         assert wait_until(lambda: len(sandbox.sends(ACCOUNT)) >= 300, 60), g.log_tail("r1")
         # Then nothing is lost or reordered
         expected = {r: [f"{r}#{n}" for n in range(15)] for r in recipients}
-        acc = Accounting(expected, [(x["recipient"], x["body"]["message"]["text"]) for x in sandbox.sends(ACCOUNT)])
+        acc = Accounting(
+            expected, [(x["recipient"], x["body"]["message"]["text"]) for x in sandbox.sends(ACCOUNT)]
+        )
         print("rabbitmq accounting:", acc)
         assert acc.lost == acc.reordered == acc.unexpected == 0 and acc.duplicated <= in_flight, str(acc)
     finally:
         g.stop_all()
-        with Connection(AMQP_URL) as conn:
-            ch = conn.channel()
-            try:
-                ch.queue_delete(queue)
-            except Exception:  # already gone
-                pass
+        with Connection(AMQP_URL) as conn, contextlib.suppress(Exception):  # already gone
+            conn.channel().queue_delete(queue)

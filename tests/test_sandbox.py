@@ -40,10 +40,12 @@ def ctl(srv: SandboxServer) -> SandboxControl:
 
 @pytest.fixture
 def post(srv: SandboxServer, http: requests.Session, ctl: SandboxControl) -> Any:
-    def send(body: dict[str, Any], token: str | None = TOKEN, path: str = "/v25.0/me/messages",
-             **kw: Any) -> requests.Response:
+    def send(
+        body: dict[str, Any], token: str | None = TOKEN, path: str = "/v25.0/me/messages", **kw: Any
+    ) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return http.post(srv.url + path, json=body, headers=headers, timeout=kw.pop("timeout", 5), **kw)
+
     return send
 
 
@@ -52,6 +54,7 @@ def get(srv: SandboxServer, http: requests.Session, ctl: SandboxControl) -> Any:
     def fetch(path_or_url: str, token: str = TOKEN, **params: Any) -> requests.Response:
         url = path_or_url if path_or_url.startswith("http") else srv.url + path_or_url
         return http.get(url, params=params, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+
     return fetch
 
 
@@ -66,8 +69,9 @@ def error(resp: requests.Response) -> dict[str, Any]:
 
 
 # ---- auth ---------------------------------------------------------------------------------------
-def test_auth_bearer_query_and_path_variants(ctl: SandboxControl, post: Any, srv: SandboxServer,
-                                             http: requests.Session) -> None:
+def test_auth_bearer_query_and_path_variants(
+    ctl: SandboxControl, post: Any, srv: SandboxServer, http: requests.Session
+) -> None:
     ctl.open_window(ACCOUNT, USER)
     for path in ("/v25.0/me/messages", "/v22.0/me/messages", "/me/messages", f"/v25.0/{ACCOUNT}/messages"):
         resp = post(text(), path=path)
@@ -86,8 +90,12 @@ def test_unknown_revoked_and_missing_token_are_190(ctl: SandboxControl, post: An
     bad = post(text(), token="IGAAnot-a-known-token")
     assert bad.status_code == 400
     assert error(bad) | {"fbtrace_id": ""} == {
-        "message": "Invalid OAuth access token - Cannot parse access token", "type": "OAuthException",
-        "code": 190, "is_transient": False, "fbtrace_id": ""}
+        "message": "Invalid OAuth access token - Cannot parse access token",
+        "type": "OAuthException",
+        "code": 190,
+        "is_transient": False,
+        "fbtrace_id": "",
+    }
     assert error(post(text(), token=None))["code"] == 190
     ctl.revoke_token(TOKEN)
     revoked = error(post(text()))
@@ -121,13 +129,40 @@ GOOD = [
     ("media", {**R, "message": {"attachments": [IMG] * 10}}),
     ("like_heart", {**R, "message": {"attachment": {"type": "like_heart"}}}),
     ("media_share", {**R, "message": {"attachment": {"type": "MEDIA_SHARE", "payload": {"id": "1790"}}}}),
-    ("quick_replies", {**R, "messaging_type": "RESPONSE", "message": {"text": "pick", "quick_replies": [
-        qr("x" * 20), {"content_type": "user_phone_number"}]}}),
-    ("generic_template", tpl(template_type="generic", elements=[{
-        "title": "t" * 80, "subtitle": "s", "image_url": "https://e.x/i",
-        "default_action": {"type": "web_url", "url": "https://e.x"}, "buttons": [PB]}])),
-    ("button_template", tpl(template_type="button", text="b" * 640,
-                            buttons=[{"type": "web_url", "url": "https://e.x", "title": "Open"}])),
+    (
+        "quick_replies",
+        {
+            **R,
+            "messaging_type": "RESPONSE",
+            "message": {
+                "text": "pick",
+                "quick_replies": [qr("x" * 20), {"content_type": "user_phone_number"}],
+            },
+        },
+    ),
+    (
+        "generic_template",
+        tpl(
+            template_type="generic",
+            elements=[
+                {
+                    "title": "t" * 80,
+                    "subtitle": "s",
+                    "image_url": "https://e.x/i",
+                    "default_action": {"type": "web_url", "url": "https://e.x"},
+                    "buttons": [PB],
+                }
+            ],
+        ),
+    ),
+    (
+        "button_template",
+        tpl(
+            template_type="button",
+            text="b" * 640,
+            buttons=[{"type": "web_url", "url": "https://e.x", "title": "Open"}],
+        ),
+    ),
     ("react", {**R, "sender_action": "react", "payload": {"message_id": "aWdfM", "reaction": "love"}}),
     ("unreact", {**R, "sender_action": "unreact", "payload": {"message_id": "aWdfM"}}),
     ("typing_on", {**R, "sender_action": "typing_on"}),
@@ -173,8 +208,9 @@ def test_good_bodies_are_accepted_with_their_kind(ctl: SandboxControl, post: Any
     for kind, body in GOOD:
         resp = post(body)
         assert resp.status_code == 200, (kind, resp.text)
-        assert ("message_id" in resp.json()) == (kind not in ("react", "unreact", "typing_on", "typing_off",
-                                                              "mark_seen"))
+        assert ("message_id" in resp.json()) == (
+            kind not in ("react", "unreact", "typing_on", "typing_off", "mark_seen")
+        )
     assert [s["kind"] for s in ctl.sends()] == [kind for kind, _ in GOOD]
 
 
@@ -189,8 +225,11 @@ def test_bad_bodies_are_code_100(ctl: SandboxControl, post: Any, body: dict[str,
 
 def test_form_body_with_json_values(ctl: SandboxControl, srv: SandboxServer, http: requests.Session) -> None:
     ctl.open_window(ACCOUNT, USER)
-    form = {"recipient": json.dumps({"id": USER}), "message": json.dumps({"text": "old style"}),
-            "access_token": TOKEN}
+    form = {
+        "recipient": json.dumps({"id": USER}),
+        "message": json.dumps({"text": "old style"}),
+        "access_token": TOKEN,
+    }
     resp = http.post(f"{srv.url}/v25.0/me/messages", timeout=5, data=form)
     assert resp.status_code == 200, resp.text
     assert ctl.sends()[0]["body"] == {"recipient": {"id": USER}, "message": {"text": "old style"}}
@@ -201,7 +240,10 @@ def test_windows_24h_and_human_agent_7d(ctl: SandboxControl, post: Any) -> None:
     human = {"messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT"}
     never = error(post(text("111")))
     assert (never["code"], never["error_subcode"], never["message"]) == (
-        10, 2534022, "This message is sent outside of allowed window.")
+        10,
+        2534022,
+        "This message is sent outside of allowed window.",
+    )
     now = time.time() * 1000
     ctl.open_window(ACCOUNT, "222", at_ms=now - 23 * HOUR_MS)
     ctl.open_window(ACCOUNT, "333", at_ms=now - 25 * HOUR_MS)
@@ -305,7 +347,13 @@ def test_faults_next_n_and_kinds(ctl: SandboxControl, post: Any) -> None:
     assert post(text()).status_code == 200
     assert len(ctl.sends()) == 2
     assert [(r["status"], r["fault"]) for r in ctl.requests()] == [
-        (500, "5xx"), (400, "transient"), (200, None), (503, "503"), (0, "disconnect"), (200, None)]
+        (500, "5xx"),
+        (400, "transient"),
+        (200, None),
+        (503, "503"),
+        (0, "disconnect"),
+        (200, None),
+    ]
 
 
 def test_random_faults_are_reproducible_with_a_seed(ctl: SandboxControl, post: Any) -> None:
@@ -375,8 +423,9 @@ def test_conversations_paging_follows_next_until_absent(ctl: SandboxControl, get
     ctl.open_window(ACCOUNT2, "3000")
     post(text(users[0]))  # now the most recently updated
     expected = [users[0], *reversed(users[1:])]
-    page = get("/v25.0/me/conversations", platform="instagram", fields="id,updated_time,participants",
-               limit=3).json()
+    page = get(
+        "/v25.0/me/conversations", platform="instagram", fields="id,updated_time,participants", limit=3
+    ).json()
     seen, pages = [], 0
     while True:
         pages += 1
@@ -429,8 +478,13 @@ def test_usage_headers_on_success_and_error(ctl: SandboxControl, post: Any) -> N
     for resp in (post(text()), post(text("nobody"))):
         app, biz = usage(resp)
         assert set(app) == {"call_count", "total_time", "total_cputime"} and app["call_count"] == 0
-        assert biz == {"type": "instagram", "call_count": 0, "total_cputime": 0, "total_time": 0,
-                       "estimated_time_to_regain_access": 0}
+        assert biz == {
+            "type": "instagram",
+            "call_count": 0,
+            "total_cputime": 0,
+            "total_time": 0,
+            "estimated_time_to_regain_access": 0,
+        }
 
 
 def test_control_rejects_bad_arguments(ctl: SandboxControl) -> None:
@@ -449,8 +503,13 @@ def test_sandbox_process_survives_kill_and_restarts_on_the_same_port() -> None:
         assert port > 0 and proc.url == f"http://127.0.0.1:{port}"
         with requests.Session() as http:
             proc.control.open_window(ACCOUNT, USER)
-            send = lambda: http.post(f"{proc.url}/v25.0/me/messages", json=text(),  # noqa: E731
-                                     headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+            def send():
+                return http.post(
+                            f"{proc.url}/v25.0/me/messages",
+                            json=text(),
+                            headers={"Authorization": f"Bearer {TOKEN}"},
+                            timeout=5,
+                        )
             assert send().status_code == 200
             proc.kill()
             with pytest.raises(requests.ConnectionError):

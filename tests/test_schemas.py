@@ -92,7 +92,9 @@ elements = st.builds(
 emoji = st.sampled_from(["❤️", "😂", "👍", "🔥", "😮", "😢", "😡", "1️⃣", "🇫🇷", "👨‍👩‍👧"])
 media = st.one_of(
     st.fixed_dictionaries({"type": st.sampled_from(["image", "video", "audio", "file"]), "url": urls}),
-    st.fixed_dictionaries({"type": st.sampled_from(["image", "video", "audio", "file"]), "attachment_id": digit_ids}),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["image", "video", "audio", "file"]), "attachment_id": digit_ids}
+    ),
     st.fixed_dictionaries({"type": st.just("image"), "urls": st.lists(urls, min_size=2, max_size=10)}),
 )
 
@@ -113,7 +115,9 @@ VALID_ARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "private_reply": st.fixed_dictionaries({"text": texts}),
     "react": st.fixed_dictionaries(
         {"message_id": message_ids},
-        optional={"reaction": st.one_of(st.sampled_from(["love", "like", "laugh", "wow", "sad", "angry"]), emoji)},
+        optional={
+            "reaction": st.one_of(st.sampled_from(["love", "like", "laugh", "wow", "sad", "angry"]), emoji)
+        },
     ),
     "unreact": st.fixed_dictionaries({"message_id": message_ids}),
     "typing": st.one_of(
@@ -168,7 +172,9 @@ def expected(kind: str, args: Mapping[str, Any]) -> dict[str, Any]:
         out["replies"] = [{"content_type": "text", **r} for r in out["replies"]]
     if kind == "generic_template":
         out["elements"] = [
-            {**e, "default_action": {"type": "web_url", **e["default_action"]}} if "default_action" in e else e
+            {**e, "default_action": {"type": "web_url", **e["default_action"]}}
+            if "default_action" in e
+            else e
             for e in out["elements"]
         ]
     return out
@@ -216,7 +222,14 @@ def test_kinds_methods_and_schemas_line_up() -> None:
 
 
 def test_every_field_is_described_for_openapi() -> None:
-    for schema in [*SCHEMAS.values(), ButtonSchema, QuickReplySchema, ElementSchema, DefaultActionSchema, JobSchema]:
+    for schema in [
+        *SCHEMAS.values(),
+        ButtonSchema,
+        QuickReplySchema,
+        ElementSchema,
+        DefaultActionSchema,
+        JobSchema,
+    ]:
         for name, field in schema().fields.items():
             assert field.metadata.get("description"), f"{schema.__name__}.{name}"
 
@@ -225,7 +238,9 @@ def test_openapi_document_builds() -> None:
     apispec = pytest.importorskip("apispec")
     from apispec.ext.marshmallow import MarshmallowPlugin
 
-    spec = apispec.APISpec(title="dmworker", version="1", openapi_version="3.0.3", plugins=[MarshmallowPlugin()])
+    spec = apispec.APISpec(
+        title="dmworker", version="1", openapi_version="3.0.3", plugins=[MarshmallowPlugin()]
+    )
     for schema in SCHEMAS.values():
         spec.components.schema(schema.__name__, schema=schema)
     doc = spec.to_dict()["components"]["schemas"]
@@ -272,9 +287,15 @@ def test_jobs_round_trip(send: tuple[str, dict[str, Any]], as_bytes: bool) -> No
         },
     ),
 )
-def test_jobs_with_optional_fields_round_trip(send: tuple[str, dict[str, Any]], extra: dict[str, Any]) -> None:
+def test_jobs_with_optional_fields_round_trip(
+    send: tuple[str, dict[str, Any]], extra: dict[str, Any]
+) -> None:
     kind, args = send
-    job = {k: v for k, v in make_job(kind, args).items() if k not in ("due_ms", "key", "cancel_on_reply", "idem", "seq")}
+    job = {
+        k: v
+        for k, v in make_job(kind, args).items()
+        if k not in ("due_ms", "key", "cancel_on_reply", "idem", "seq")
+    }
     job.update(extra)
     loaded = load_job(dump_job(job))
     assert loaded == validate_job(job)
@@ -305,14 +326,20 @@ def test_examples_from_the_brief() -> None:
         ("typing", {"on": True, "seconds": 2.0}),
         ("text", {"text": "hi", "human_agent": False, "reply_to": None}),
     ]
-    assert validate_send("react", IGSID, {"message_id": "aWdfZAG1"}) == {"message_id": "aWdfZAG1", "reaction": "love"}
+    assert validate_send("react", IGSID, {"message_id": "aWdfZAG1"}) == {
+        "message_id": "aWdfZAG1",
+        "reaction": "love",
+    }
     assert validate_send("like_heart", IGSID, {}) == {}
     assert validate_send("mark_seen", IGSID, None) == {}  # type: ignore[arg-type]
     assert validate_send("private_reply", "17858893269000001", {"text": "thanks!"}) == {"text": "thanks!"}
     assert validate_send("text", IGSID, MappingProxyType({"text": "hi"}))["text"] == "hi"
-    assert validate_send("media", IGSID, {"type": "audio", "url": "https://cdn.example.com/a.m4a", "urls": None})[
-        "url"
-    ] == "https://cdn.example.com/a.m4a"
+    assert (
+        validate_send(
+            "media", IGSID, {"type": "audio", "url": "https://cdn.example.com/a.m4a", "urls": None}
+        )["url"]
+        == "https://cdn.example.com/a.m4a"
+    )
 
 
 def test_text_limit_counts_utf8_bytes_not_characters() -> None:
@@ -322,10 +349,15 @@ def test_text_limit_counts_utf8_bytes_not_characters() -> None:
     }
     with pytest.raises(ValidationError, match=r"text: must be 1 to 1000 UTF-8 bytes \(got 1003\)"):
         validate_send("private_reply", IGSID, {"text": "x" + "€" * 334})
-    assert errors_of(validate_send, "quick_replies", IGSID, {"text": "😀" * 251, "replies": [{"content_type": "user_phone_number"}]}) == {
-        "text": ["must be 1 to 1000 UTF-8 bytes (got 1004)"]
+    assert errors_of(
+        validate_send,
+        "quick_replies",
+        IGSID,
+        {"text": "😀" * 251, "replies": [{"content_type": "user_phone_number"}]},
+    ) == {"text": ["must be 1 to 1000 UTF-8 bytes (got 1004)"]}
+    assert errors_of(validate_send, "text", IGSID, {"text": ""}) == {
+        "text": ["must be 1 to 1000 UTF-8 bytes (got 0)"]
     }
-    assert errors_of(validate_send, "text", IGSID, {"text": ""}) == {"text": ["must be 1 to 1000 UTF-8 bytes (got 0)"]}
 
 
 # ------------------------------------------------------------------------------------- invalid input
@@ -353,7 +385,12 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ("media", {"type": "image", "url": "javascript:alert(1)"}, "url", "http or https"),
     ("media", {"type": "image", "url": "https://"}, "url", "http or https"),
     ("media", {"type": "image", "url": "/relative/x.png"}, "url", "http or https"),
-    ("media", {"type": "image", "url": "https://a.example.com/" + "x" * 5000}, "url", "Longer than maximum length 4096."),
+    (
+        "media",
+        {"type": "image", "url": "https://a.example.com/" + "x" * 5000},
+        "url",
+        "Longer than maximum length 4096.",
+    ),
     ("media", {"type": "file", "attachment_id": ""}, "attachment_id", "must not be empty"),
     ("media", {"type": "file", "attachment_id": "12a"}, "attachment_id", "digits"),
     ("media", {"type": "file", "attachment_id": 123}, "attachment_id", "Not a valid string."),
@@ -363,22 +400,62 @@ INVALID: list[tuple[str, Any, str, str]] = [
         "attachment_id",
         "give only one of",
     ),
-    ("media", {"type": "video", "urls": ["https://a.example.com/1", "https://a.example.com/2"]}, "urls", "type 'image'"),
-    ("media", {"type": "image", "urls": ["https://a.example.com/1"]}, "urls", "must have 2 to 10 items (got 1)"),
+    (
+        "media",
+        {"type": "video", "urls": ["https://a.example.com/1", "https://a.example.com/2"]},
+        "urls",
+        "type 'image'",
+    ),
+    (
+        "media",
+        {"type": "image", "urls": ["https://a.example.com/1"]},
+        "urls",
+        "must have 2 to 10 items (got 1)",
+    ),
     ("media", {"type": "image", "urls": ["https://a.example.com/1"] * 11}, "urls", "(got 11)"),
-    ("media", {"type": "image", "urls": ["https://a.example.com/1", "ftp://a.example.com/2"]}, "urls.1", "http or https"),
-    ("media", {"type": "image", "urls": {"https://a.example.com/1", "https://a.example.com/2"}}, "urls", "Not a valid list."),
+    (
+        "media",
+        {"type": "image", "urls": ["https://a.example.com/1", "ftp://a.example.com/2"]},
+        "urls.1",
+        "http or https",
+    ),
+    (
+        "media",
+        {"type": "image", "urls": {"https://a.example.com/1", "https://a.example.com/2"}},
+        "urls",
+        "Not a valid list.",
+    ),
     ("like_heart", {"heart": True}, "heart", "Unknown field."),
     ("media_share", {"post_id": ""}, "post_id", "must not be empty"),
     ("media_share", {"post_id": "17895695668004550\n"}, "post_id", "digits"),
     ("media_share", {"post_id": "١٢٣"}, "post_id", "digits"),  # Arabic-Indic digits are not ASCII digits
     ("quick_replies", {"text": "Pick", "replies": [_QR] * 14}, "replies", "must have 1 to 13 items (got 14)"),
     ("quick_replies", {"text": "Pick", "replies": []}, "replies", "(got 0)"),
-    ("quick_replies", {"text": "Pick", "replies": [_QR] * 3 + [{**_QR, "title": "t" * 21}]}, "replies.3.title", "Longer than maximum length 20."),
-    ("quick_replies", {"text": "Pick", "replies": [{**_QR, "title": ""}]}, "replies.0.title", "Shorter than minimum length 1."),
-    ("quick_replies", {"text": "Pick", "replies": [{**_QR, "payload": "p" * 1001}]}, "replies.0.payload", "maximum length 1000"),
+    (
+        "quick_replies",
+        {"text": "Pick", "replies": [_QR] * 3 + [{**_QR, "title": "t" * 21}]},
+        "replies.3.title",
+        "Longer than maximum length 20.",
+    ),
+    (
+        "quick_replies",
+        {"text": "Pick", "replies": [{**_QR, "title": ""}]},
+        "replies.0.title",
+        "Shorter than minimum length 1.",
+    ),
+    (
+        "quick_replies",
+        {"text": "Pick", "replies": [{**_QR, "payload": "p" * 1001}]},
+        "replies.0.payload",
+        "maximum length 1000",
+    ),
     ("quick_replies", {"text": "Pick", "replies": [{"title": "Yes"}]}, "replies.0.payload", "Missing data"),
-    ("quick_replies", {"text": "Pick", "replies": [{"content_type": "location"}]}, "replies.0.content_type", "Must be one of"),
+    (
+        "quick_replies",
+        {"text": "Pick", "replies": [{"content_type": "location"}]},
+        "replies.0.content_type",
+        "Must be one of",
+    ),
     (
         "quick_replies",
         {"text": "Pick", "replies": [{"content_type": "user_phone_number", "payload": "x"}]},
@@ -386,17 +463,36 @@ INVALID: list[tuple[str, Any, str, str]] = [
         "not allowed",
     ),
     ("quick_replies", {"text": "Pick", "replies": [_QR, "Yes"]}, "replies.1", "Must be an object."),
-    ("quick_replies", {"text": "Pick", "replies": [{**_QR, "image_url": "https://a.example.com/i.png"}]}, "replies.0.image_url", "Unknown field."),
+    (
+        "quick_replies",
+        {"text": "Pick", "replies": [{**_QR, "image_url": "https://a.example.com/i.png"}]},
+        "replies.0.image_url",
+        "Unknown field.",
+    ),
     ("generic_template", {"elements": [_EL] * 11}, "elements", "(got 11)"),
     ("generic_template", {"elements": [{"title": "Only a title"}]}, "elements.0", "at least one of"),
     ("generic_template", {"elements": [{"subtitle": "no title"}]}, "elements.0.title", "Missing data"),
     ("generic_template", {"elements": [{**_EL, "title": "t" * 81}]}, "elements.0.title", "maximum length 80"),
-    ("generic_template", {"elements": [_EL, {**_EL, "subtitle": "s" * 81}]}, "elements.1.subtitle", "maximum length 80"),
-    ("generic_template", {"elements": [{**_EL, "image_url": "ftp://x.example.com/i.png"}]}, "elements.0.image_url", "http or https"),
+    (
+        "generic_template",
+        {"elements": [_EL, {**_EL, "subtitle": "s" * 81}]},
+        "elements.1.subtitle",
+        "maximum length 80",
+    ),
+    (
+        "generic_template",
+        {"elements": [{**_EL, "image_url": "ftp://x.example.com/i.png"}]},
+        "elements.0.image_url",
+        "http or https",
+    ),
     ("generic_template", {"elements": [{**_EL, "buttons": [_WEB] * 4}]}, "elements.0.buttons", "(got 4)"),
     (
         "generic_template",
-        {"elements": [{**_EL, "default_action": {"type": "web_url", "url": "https://a.example.com", "title": "x"}}]},
+        {
+            "elements": [
+                {**_EL, "default_action": {"type": "web_url", "url": "https://a.example.com", "title": "x"}}
+            ]
+        },
         "elements.0.default_action.title",
         "Unknown field.",
     ),
@@ -406,16 +502,61 @@ INVALID: list[tuple[str, Any, str, str]] = [
         "elements.0.default_action.type",
         "Must be one of",
     ),
-    ("generic_template", {"elements": [{**_EL, "buttons": [_WEB, {**_POST, "type": "phone_number"}]}]}, "elements.0.buttons.1.type", "Must be one of"),
-    ("button_template", {"text": "Choose", "buttons": [_WEB, _POST, _WEB, _POST]}, "buttons", "must have 1 to 3 items (got 4)"),
+    (
+        "generic_template",
+        {"elements": [{**_EL, "buttons": [_WEB, {**_POST, "type": "phone_number"}]}]},
+        "elements.0.buttons.1.type",
+        "Must be one of",
+    ),
+    (
+        "button_template",
+        {"text": "Choose", "buttons": [_WEB, _POST, _WEB, _POST]},
+        "buttons",
+        "must have 1 to 3 items (got 4)",
+    ),
     ("button_template", {"text": "t" * 641, "buttons": [_WEB]}, "text", "maximum length 640"),
-    ("button_template", {"text": "Choose", "buttons": [{**_WEB, "title": "t" * 21}]}, "buttons.0.title", "maximum length 20"),
-    ("button_template", {"text": "Choose", "buttons": [{**_WEB, "url": "javascript:alert(1)"}]}, "buttons.0.url", "http or https"),
-    ("button_template", {"text": "Choose", "buttons": [{"type": "web_url", "title": "Go"}]}, "buttons.0.url", "Missing data"),
-    ("button_template", {"text": "Choose", "buttons": [{**_POST, "url": "https://a.example.com"}]}, "buttons.0.url", "not allowed"),
-    ("button_template", {"text": "Choose", "buttons": [{**_POST, "payload": ""}]}, "buttons.0.payload", "Shorter than"),
-    ("button_template", {"text": "Choose", "buttons": [{"type": "call", "title": "Call", "payload": "+1"}]}, "buttons.0.type", "Must be one of"),
-    ("button_template", {"text": "Choose", "buttons": [{"title": "x", "payload": "p"}]}, "buttons.0.type", "Missing data"),
+    (
+        "button_template",
+        {"text": "Choose", "buttons": [{**_WEB, "title": "t" * 21}]},
+        "buttons.0.title",
+        "maximum length 20",
+    ),
+    (
+        "button_template",
+        {"text": "Choose", "buttons": [{**_WEB, "url": "javascript:alert(1)"}]},
+        "buttons.0.url",
+        "http or https",
+    ),
+    (
+        "button_template",
+        {"text": "Choose", "buttons": [{"type": "web_url", "title": "Go"}]},
+        "buttons.0.url",
+        "Missing data",
+    ),
+    (
+        "button_template",
+        {"text": "Choose", "buttons": [{**_POST, "url": "https://a.example.com"}]},
+        "buttons.0.url",
+        "not allowed",
+    ),
+    (
+        "button_template",
+        {"text": "Choose", "buttons": [{**_POST, "payload": ""}]},
+        "buttons.0.payload",
+        "Shorter than",
+    ),
+    (
+        "button_template",
+        {"text": "Choose", "buttons": [{"type": "call", "title": "Call", "payload": "+1"}]},
+        "buttons.0.type",
+        "Must be one of",
+    ),
+    (
+        "button_template",
+        {"text": "Choose", "buttons": [{"title": "x", "payload": "p"}]},
+        "buttons.0.type",
+        "Missing data",
+    ),
     ("private_reply", {"text": "x" * 1001}, "text", "(got 1001)"),
     ("react", {"message_id": ""}, "message_id", "must not be empty"),
     ("react", {"message_id": "   "}, "message_id", "whitespace"),
@@ -466,7 +607,10 @@ def test_several_errors_are_reported_together() -> None:
         validate_send,
         "quick_replies",
         IGSID,
-        {"text": "", "replies": [_QR, {**_QR, "title": "t" * 21}, {"content_type": "user_phone_number", "title": "x"}]},
+        {
+            "text": "",
+            "replies": [_QR, {**_QR, "title": "t" * 21}, {"content_type": "user_phone_number", "title": "x"}],
+        },
     )
     assert messages == {
         "text": ["must be 1 to 1000 UTF-8 bytes (got 0)"],
@@ -499,7 +643,9 @@ def test_sequence_shape_errors() -> None:
         "steps": ["must have 1 to 50 steps (got 51)"]
     }
     assert len(validate_sequence(IGSID, [{"kind": "mark_seen"}] * 50)) == 50
-    messages = errors_of(validate_sequence, "abc", [{"text": "hi"}, "hi", {"kind": "text", "text": "é" * 501}, {"kind": 3}])
+    messages = errors_of(
+        validate_sequence, "abc", [{"text": "hi"}, "hi", {"kind": "text", "text": "é" * 501}, {"kind": 3}]
+    )
     assert messages == {
         "steps.0.kind": ["Missing data for required field."],
         "steps.1": ["must be an object with a kind and its arguments, not str"],
@@ -512,14 +658,21 @@ def test_sequence_shape_errors() -> None:
 # ------------------------------------------------------------------------------------ the stored job
 def test_job_envelope_rules() -> None:
     good = make_job("text", {"text": "hi"})
-    assert load_job(dump_job(good)) == {**good, "args": {"text": "hi", "human_agent": False, "reply_to": None}}
+    assert load_job(dump_job(good)) == {
+        **good,
+        "args": {"text": "hi", "human_agent": False, "reply_to": None},
+    }
 
     def problems(**changes: Any) -> dict[str, list[str]]:
         return errors_of(load_job, json.dumps({**good, **changes}))
 
     assert problems(v=2) == {"v": ["unsupported schema version 2 (this worker understands up to 1)"]}
-    assert problems(v=7, future_field=1) == {"v": ["unsupported schema version 7 (this worker understands up to 1)"]}
-    with pytest.raises(ValidationError, match=r"^v: unsupported schema version 2 \(this worker understands up to 1\)$"):
+    assert problems(v=7, future_field=1) == {
+        "v": ["unsupported schema version 7 (this worker understands up to 1)"]
+    }
+    with pytest.raises(
+        ValidationError, match=r"^v: unsupported schema version 2 \(this worker understands up to 1\)$"
+    ):
         load_job(json.dumps({**good, "v": 2}))
     assert list(problems(v=0)) == ["v"]
     assert list(problems(v="1")) == ["v"]
@@ -631,7 +784,9 @@ def test_rate_class_of_every_valid_send(send: tuple[str, dict[str, Any]]) -> Non
 # ------------------------------------------------------------------------------------------------ fuzz
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=15,
 )
 python_values = st.one_of(
@@ -648,14 +803,24 @@ python_values = st.one_of(
 )
 anything = st.one_of(json_values, python_values)
 FIELD_NAMES = sorted(
-    {name for schema in [*SCHEMAS.values(), ButtonSchema, QuickReplySchema, ElementSchema, JobSchema] for name in schema().fields}
+    {
+        name
+        for schema in [*SCHEMAS.values(), ButtonSchema, QuickReplySchema, ElementSchema, JobSchema]
+        for name in schema().fields
+    }
     | {"kind", "content_type", "token"}
 )
 # dictionaries with the real field names reach the validators behind the first type check
 near_values = st.recursive(
-    anything | texts | urls | igsids | st.sampled_from(list(KINDS) + ["web_url", "postback", "user_phone_number", "image", "audio"]),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=6), children, max_size=5),
+    anything
+    | texts
+    | urls
+    | igsids
+    | st.sampled_from([*list(KINDS), "web_url", "postback", "user_phone_number", "image", "audio"]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=6), children, max_size=5)
+    ),
     max_leaves=20,
 )
 near_args = st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=6), near_values, max_size=6)
@@ -707,8 +872,15 @@ def test_fuzz_load_job_raw(raw: str | bytes) -> None:
 
 
 @FUZZ
-@given(sends, st.sampled_from(FIELD_NAMES + ["v", "id", "account"]), st.one_of(anything, near_values), st.booleans())
-def test_fuzz_load_job_mutated(send: tuple[str, dict[str, Any]], name: str, value: Any, into_args: bool) -> None:
+@given(
+    sends,
+    st.sampled_from([*FIELD_NAMES, "v", "id", "account"]),
+    st.one_of(anything, near_values),
+    st.booleans(),
+)
+def test_fuzz_load_job_mutated(
+    send: tuple[str, dict[str, Any]], name: str, value: Any, into_args: bool
+) -> None:
     kind, args = send
     job = make_job(kind, args)
     target = job["args"] if into_args else job

@@ -62,8 +62,14 @@ def reaction(user: str, mid: str, action: str = "react") -> dict[str, Any]:
     return event(user, reaction={"mid": mid, "action": action, "reaction": "love", "emoji": "❤"})
 
 
-def post(client: Any, payload: Any = None, *, raw: bytes | None = None, signature: str | None = None,
-         secret: str = APP_SECRET) -> Any:
+def post(
+    client: Any,
+    payload: Any = None,
+    *,
+    raw: bytes | None = None,
+    signature: str | None = None,
+    secret: str = APP_SECRET,
+) -> Any:
     body = raw if raw is not None else json.dumps(payload).encode()
     headers = {"Content-Type": "application/json"}
     sig = sign(body, secret) if signature is None else signature
@@ -97,8 +103,11 @@ def outbox(wsettings, rdb, published) -> Outbox:
 def test_handshake_answers_the_challenge_only_for_the_right_token(client):
     ok = client.get(f"/webhooks/instagram?hub.mode=subscribe&hub.verify_token={VERIFY}&hub.challenge=12345")
     assert ok.status_code == 200 and ok.mimetype == "text/plain" and ok.data == b"12345"
-    for query in ("hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1",
-                  f"hub.mode=unsubscribe&hub.verify_token={VERIFY}&hub.challenge=1", "hub.challenge=1"):
+    for query in (
+        "hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1",
+        f"hub.mode=unsubscribe&hub.verify_token={VERIFY}&hub.challenge=1",
+        "hub.challenge=1",
+    ):
         bad = client.get(f"/webhooks/instagram?{query}")
         assert bad.status_code == 403 and bad.is_json and bad.json["error"] == "forbidden"
 
@@ -114,15 +123,21 @@ def test_a_signed_message_opens_the_window_and_a_redelivery_counts_once(client, 
     assert post(client, payload).json == {"received": 1, "new": 0}
 
 
-@pytest.mark.parametrize("case", ["forged", "missing", "sha1", "not-hex", "short", "no-prefix",
-                                  "tampered", "wrong-secret"])
+@pytest.mark.parametrize(
+    "case", ["forged", "missing", "sha1", "not-hex", "short", "no-prefix", "tampered", "wrong-secret"]
+)
 def test_bad_signatures_are_refused_and_record_nothing(client, outbox, rdb, caplog, case):
     raw = json.dumps(envelope(message(USER, "mid.forged"))).encode()
     good = sign(raw)
     signature = {
-        "forged": "sha256=" + "0" * 64, "missing": "", "sha1": "sha1=" + good[7:47],
-        "not-hex": "sha256=" + "z" * 64, "short": good[:-2], "no-prefix": good[7:],
-        "tampered": good, "wrong-secret": sign(raw, "another-secret"),
+        "forged": "sha256=" + "0" * 64,
+        "missing": "",
+        "sha1": "sha1=" + good[7:47],
+        "not-hex": "sha256=" + "z" * 64,
+        "short": good[:-2],
+        "no-prefix": good[7:],
+        "tampered": good,
+        "wrong-secret": sign(raw, "another-secret"),
     }[case]
     body = raw.replace(b"hello", b"HELLO") if case == "tampered" else raw
     resp = post(client, raw=body, signature=signature)
@@ -140,8 +155,17 @@ def test_without_an_app_secret_every_post_is_refused(settings, rdb):
 
 
 def test_message_postback_and_reaction_open_windows_read_echo_and_unreact_do_not(client, outbox):
-    users = {"message": "6001", "quick_reply": "6002", "postback": "6003", "reaction": "6004",
-             "read": "6005", "echo": "6006", "unreact": "6007", "referral": "6008", "own": ACCOUNT}
+    users = {
+        "message": "6001",
+        "quick_reply": "6002",
+        "postback": "6003",
+        "reaction": "6004",
+        "read": "6005",
+        "echo": "6006",
+        "unreact": "6007",
+        "referral": "6008",
+        "own": ACCOUNT,
+    }
     events = [
         message(users["message"], "mid.m"),
         message(users["quick_reply"], "mid.q", quick_reply={"payload": "YES"}),
@@ -172,8 +196,11 @@ def test_a_reply_cancels_cancel_on_reply_followups_but_a_reaction_does_not(clien
     post(client, envelope(reaction(USER, "mid.first")))
     assert outbox.status(follow.id).state == "scheduled"
     # When they reply
-    answer = {"message": message(USER, "mid.2"), "postback": postback(USER, "mid.pb"),
-              "quick_reply": message(USER, "mid.qr", quick_reply={"payload": "YES"})}[reply]
+    answer = {
+        "message": message(USER, "mid.2"),
+        "postback": postback(USER, "mid.pb"),
+        "quick_reply": message(USER, "mid.qr", quick_reply={"payload": "YES"}),
+    }[reply]
     post(client, envelope(answer))
     # Then the follow-up is cancelled, and only theirs
     st = outbox.status(follow.id)
@@ -182,12 +209,22 @@ def test_a_reply_cancels_cancel_on_reply_followups_but_a_reaction_does_not(clien
 
 
 def test_a_batch_of_entries_for_several_accounts(client, outbox, rdb):
-    payload = {"object": "instagram", "entry": [
-        {"id": ACCOUNT, "time": now_ms(),
-         "messaging": [message("7001", "mid.b1"), postback("7002", "mid.b2")]},
-        {"id": ACCOUNT2, "time": now_ms(), "messaging": [message("7003", "mid.b3")]},
-        {"id": "17849999999999999", "time": now_ms(), "messaging": [message("7004", "mid.b4")]},  # -> default
-    ]}
+    payload = {
+        "object": "instagram",
+        "entry": [
+            {
+                "id": ACCOUNT,
+                "time": now_ms(),
+                "messaging": [message("7001", "mid.b1"), postback("7002", "mid.b2")],
+            },
+            {"id": ACCOUNT2, "time": now_ms(), "messaging": [message("7003", "mid.b3")]},
+            {
+                "id": "17849999999999999",
+                "time": now_ms(),
+                "messaging": [message("7004", "mid.b4")],
+            },  # -> default
+        ],
+    }
     assert post(client, payload).json == {"received": 4, "new": 4}
     assert outbox.window("7001").open and outbox.window("7002").open and outbox.window("7004").open
     assert outbox.window("7003", account=ACCOUNT2).open and not outbox.window("7003").open
@@ -210,18 +247,33 @@ def test_new_events_reach_the_callback_and_a_failing_callback_does_not_fail_the_
     ev = message(USER, "mid.cb")
     post(client, envelope(ev))
     post(client, envelope(ev))  # redelivered: not passed on again
-    expected = {"account": ACCOUNT, "user": USER, "kind": "message", "timestamp_ms": ev["timestamp"],
-                "event": ev}
+    expected = {
+        "account": ACCOUNT,
+        "user": USER,
+        "kind": "message",
+        "timestamp_ms": ev["timestamp"],
+        "event": ev,
+    }
     assert [expected] == CALLBACK_EVENTS
-    broken = create_app(wsettings.with_overrides(event_callback=f"{__name__}:failing_callback"),
-                        redis_client=rdb, publish=lambda a, r: None).test_client()
+    broken = create_app(
+        wsettings.with_overrides(event_callback=f"{__name__}:failing_callback"),
+        redis_client=rdb,
+        publish=lambda a, r: None,
+    ).test_client()
     assert post(broken, envelope(message(USER, "mid.cb2"))).json == {"received": 1, "new": 1}
 
 
 def test_a_comment_is_recorded_for_the_private_reply_window(client, rdb, outbox):
     t = now_ms() - 60_000
-    change = {"field": "comments", "value": {"id": "17900000000000001", "from": {"id": USER, "username": "u"},
-                                             "text": "price?", "media": {"id": "17800000000000001"}}}
+    change = {
+        "field": "comments",
+        "value": {
+            "id": "17900000000000001",
+            "from": {"id": USER, "username": "u"},
+            "text": "price?",
+            "media": {"id": "17800000000000001"},
+        },
+    }
     payload = {"object": "instagram", "entry": [{"id": ACCOUNT, "time": t, "changes": [change]}]}
     assert post(client, payload).json == {"received": 1, "new": 1}
     later = {"object": "instagram", "entry": [{"id": ACCOUNT, "time": t + 5_000, "changes": [change]}]}

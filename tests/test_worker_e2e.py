@@ -6,12 +6,11 @@ import random
 import time
 
 import pytest
+from conftest import ACCOUNT
 
 from dmworker.admin import DeadLetters
 from dmworker.outbox import Outbox
 from dmworker.testing import Accounting, ProcessGroup, wait_until
-
-from conftest import ACCOUNT
 
 
 @pytest.fixture
@@ -35,8 +34,15 @@ def test_a_sequence_is_delivered_in_order_with_the_typing_pause(settings, sandbo
     sandbox.open_window(ACCOUNT, "5001")
     ob = Outbox(settings=settings, client=rdb, publish=_publisher(settings))
     # When a sequence typing(1 s) -> text -> quick replies is queued
-    job = ob.sequence("5001").typing(seconds=1).text("Here is your answer!").quick_replies(
-        text="Anything else?", replies=[{"content_type": "text", "title": "No", "payload": "no"}]).enqueue()
+    job = (
+        ob.sequence("5001")
+        .typing(seconds=1)
+        .text("Here is your answer!")
+        .quick_replies(
+            text="Anything else?", replies=[{"content_type": "text", "title": "No", "payload": "no"}]
+        )
+        .enqueue()
+    )
     assert wait_until(lambda: ob.status(job.ids[-1]).state == "sent", 20), g.log_tail("w1")
     # Then the sandbox got typing_on, then the text at least 1 s later, then the quick replies
     sends = sandbox.sends(ACCOUNT)
@@ -70,8 +76,9 @@ def _publisher(settings):
 @pytest.mark.slow
 def test_2000_jobs_3_workers_faults_and_sigkill_lose_nothing_and_keep_order(settings, sandbox, rdb, procs):
     # Given 3 worker processes, a sandbox failing ~7% of sends with 5xx / transient errors
-    s = settings.with_overrides(max_attempts=20, rates={**settings.rates,
-                                                        "text": settings.rates["text"].__class__(5000, 1)})
+    s = settings.with_overrides(
+        max_attempts=20, rates={**settings.rates, "text": settings.rates["text"].__class__(5000, 1)}
+    )
     g = procs(s)
     for name in ("w1", "w2", "w3"):
         g.start_worker(name, concurrency=8)
@@ -91,7 +98,7 @@ def test_2000_jobs_3_workers_faults_and_sigkill_lose_nothing_and_keep_order(sett
     jobs = []
     in_flight_at_kills = 0
     for start in range(0, len(items), 200):
-        jobs += ob.send_many(items[start:start + 200])
+        jobs += ob.send_many(items[start : start + 200])
         if start in (600, 1200):
             time.sleep(0.3)
             victim = "w2" if start == 600 else "w3"
@@ -116,8 +123,9 @@ def test_2000_jobs_3_workers_faults_and_sigkill_lose_nothing_and_keep_order(sett
     assert acc.lost == 0 and acc.reordered == 0 and acc.unexpected == 0, str(acc)
     assert acc.duplicated <= in_flight_at_kills, str(acc)
     assert acc.dead == 0, str(acc)
-    assert any(x["status"] >= 500 or x.get("error_code") == 2 for x in sandbox.requests(ACCOUNT)), \
+    assert any(x["status"] >= 500 or x.get("error_code") == 2 for x in sandbox.requests(ACCOUNT)), (
         "the sandbox injected no faults"
+    )
 
 
 def test_the_plain_celery_command_runs_dmworkers_app(settings, sandbox, rdb, tmp_path):
@@ -130,15 +138,35 @@ def test_the_plain_celery_command_runs_dmworkers_app(settings, sandbox, rdb, tmp
 
     env = {**os.environ, **settings_to_env(settings, str(tmp_path / "accounts.json"))}
     log = open(tmp_path / "celery.log", "wb")  # noqa: SIM115
-    p = subprocess.Popen([sys.executable, "-m", "celery", "-A", "dmworker.celery_app", "worker", "--pool",
-                          "threads", "--concurrency", "4", "--loglevel", "WARNING", "--without-gossip",
-                          "--without-mingle"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "dmworker.celery_app",
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "4",
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         sandbox.open_window(ACCOUNT, "5101")
         ob = Outbox(settings=settings, client=rdb, publish=_publisher(settings))
         job = ob.send_text("5101", "via celery -A")
         # Then it delivers like `dmworker worker`
-        assert wait_until(lambda: ob.status(job.id).state == "sent", 30), (tmp_path / "celery.log").read_text()
+        assert wait_until(lambda: ob.status(job.id).state == "sent", 30), (
+            tmp_path / "celery.log"
+        ).read_text()
     finally:
         p.terminate()
         p.wait(timeout=30)

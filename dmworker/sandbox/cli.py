@@ -20,24 +20,39 @@ TOKENS_ENV = "DMWORKER_SANDBOX_TOKENS"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dmworker sandbox", description="A local HTTP sandbox of the "
-                                "Instagram Graph API (messages, conversations) with fault injection.")
+    p = argparse.ArgumentParser(
+        prog="dmworker sandbox",
+        description="A local HTTP sandbox of the "
+        "Instagram Graph API (messages, conversations) with fault injection.",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: any free port (printed on the first line)")
-    p.add_argument("--token", action="append", default=[], metavar="TOKEN=ACCOUNT",
-                   help="an accepted access token and its Instagram account id (repeatable)")
+    p.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="TOKEN=ACCOUNT",
+        help="an accepted access token and its Instagram account id (repeatable)",
+    )
     p.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every Graph request")
     p.add_argument("--no-windows", action="store_true", help="do not enforce messaging windows")
-    p.add_argument("--max-requests", type=int, default=1_000_000,
-                   help="request records kept (the oldest tenth is dropped when full)")
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        default=1_000_000,
+        help="request records kept (the oldest tenth is dropped when full)",
+    )
     p.add_argument("--log-level", default="WARNING")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     tokens: dict[str, str] = {}
     raw = os.environ.get(TOKENS_ENV)
     if raw:
@@ -55,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from .server import SandboxServer  # import here: `--help` stays fast
 
-    server = SandboxServer(args.host, args.port, tokens, args.latency_ms, not args.no_windows,
-                           args.max_requests)
+    server = SandboxServer(
+        args.host, args.port, tokens, args.latency_ms, not args.no_windows, args.max_requests
+    )
     try:
         server.start()
     except OSError as exc:

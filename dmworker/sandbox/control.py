@@ -66,8 +66,9 @@ class SandboxControl:
     def add_comment(self, account: str, comment_id: str, from_igsid: str, at_ms: float | None = None) -> None:
         self.call("add_comment", account=account, comment_id=comment_id, from_igsid=from_igsid, at_ms=at_ms)
 
-    def inbound(self, account: str, sender: str, text: str = "hi", kind: str = "message",
-                **extra: Any) -> dict[str, Any]:
+    def inbound(
+        self, account: str, sender: str, text: str = "hi", kind: str = "message", **extra: Any
+    ) -> dict[str, Any]:
         """A user message/postback/reaction: opens the window. Returns ``{"mid", "event", "webhook"}``
         where ``webhook`` is the webhook body Meta would POST (graph-api.md §7).
         Extra keywords: ``at_ms``, ``payload`` (postback), ``reply_to`` (a mid), ``reaction``, ``mid``."""
@@ -101,21 +102,35 @@ class SandboxControl:
     def set_enforce_windows(self, enabled: bool) -> None:
         self.call("set_enforce_windows", enabled=enabled)
 
-    def set_faults(self, account: str | None = None, error_rate: float = 0.0,
-                   kinds: Iterable[str] = ("5xx", "transient"), seed: int | None = None,
-                   next_n: int | None = None, slow_ms: float = 2000.0) -> None:
+    def set_faults(
+        self,
+        account: str | None = None,
+        error_rate: float = 0.0,
+        kinds: Iterable[str] = ("5xx", "transient"),
+        seed: int | None = None,
+        next_n: int | None = None,
+        slow_ms: float = 2000.0,
+    ) -> None:
         """Faults for ``account`` (None: any account without its own plan). ``next_n``: exactly the
         next N requests fail, taking ``kinds`` in turn; else each fails with ``error_rate``. Kinds:
         "5xx", "transient", "slow" (answer after ``slow_ms``), "disconnect", "503" (HTML body)."""
-        self.call("set_faults", account=account, error_rate=error_rate, kinds=list(kinds), seed=seed,
-                  next_n=next_n, slow_ms=slow_ms)
+        self.call(
+            "set_faults",
+            account=account,
+            error_rate=error_rate,
+            kinds=list(kinds),
+            seed=seed,
+            next_n=next_n,
+            slow_ms=slow_ms,
+        )
 
     def set_rate_limit(self, account: str, per_s: int | None) -> None:
         """At most ``per_s`` calls of ``account`` in any sliding second (None or 0: no limit)."""
         self.call("set_rate_limit", account=account, per_s=per_s)
 
-    def throttle(self, account: str, seconds: float, code: int = 4,
-                 retry_after_s: float | None = None) -> None:
+    def throttle(
+        self, account: str, seconds: float, code: int = 4, retry_after_s: float | None = None
+    ) -> None:
         """For the next ``seconds`` every request of ``account`` answers throttle error ``code``
         (4, 17, 32, 341, 368, 613, 80002, 80006, or 429 for HTTP 429 with Retry-After)."""
         self.call("throttle", account=account, seconds=seconds, code=code, retry_after_s=retry_after_s)

@@ -32,10 +32,11 @@ class ControlApi:
     def __init__(self, state: SandboxState) -> None:
         self.state = state
         self.ops: dict[str, Callable[..., Any]] = {
-            name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")}
+            name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")
+        }
 
     def handle(self, method: str, path: str, query: str, body: bytes) -> Answer:
-        op = self.ops.get(path[len(PREFIX):].strip("/"))
+        op = self.ops.get(path[len(PREFIX) :].strip("/"))
         if op is None:
             return _fail(404, f"no control operation {path!r}; known: {', '.join(sorted(self.ops))}")
         try:
@@ -71,13 +72,23 @@ class ControlApi:
             raise TypeError("igsids must be a list")
         return {"opened": len(self.state.open_windows(str(account), [str(i) for i in igsids], _num(at_ms)))}
 
-    def op_add_comment(self, account: str, comment_id: str, from_igsid: str,
-                       at_ms: float | None = None) -> None:
+    def op_add_comment(
+        self, account: str, comment_id: str, from_igsid: str, at_ms: float | None = None
+    ) -> None:
         self.state.add_comment(str(account), str(comment_id), str(from_igsid), _num(at_ms))
 
-    def op_inbound(self, account: str, sender: str, text: str = "hi", kind: str = "message",
-                   at_ms: float | None = None, payload: str | None = None, reply_to: str | None = None,
-                   reaction: str = "love", mid: str | None = None) -> Any:
+    def op_inbound(
+        self,
+        account: str,
+        sender: str,
+        text: str = "hi",
+        kind: str = "message",
+        at_ms: float | None = None,
+        payload: str | None = None,
+        reply_to: str | None = None,
+        reaction: str = "love",
+        mid: str | None = None,
+    ) -> Any:
         """A user writes (message), taps (postback) or reacts: opens the window; returns the webhook."""
         if kind not in INBOUND_KINDS:
             raise ValueError(f"kind must be one of {INBOUND_KINDS}")
@@ -111,24 +122,37 @@ class ControlApi:
     def op_set_enforce_windows(self, enabled: bool) -> None:
         self.state.enforce_windows = enabled not in (False, "false", "0", 0)
 
-    def op_set_faults(self, account: str | None = None, error_rate: float = 0.0,
-                      kinds: list[str] | str = "5xx,transient", seed: int | None = None,
-                      next_n: int | None = None, slow_ms: float = 2000.0) -> None:
+    def op_set_faults(
+        self,
+        account: str | None = None,
+        error_rate: float = 0.0,
+        kinds: list[str] | str = "5xx,transient",
+        seed: int | None = None,
+        next_n: int | None = None,
+        slow_ms: float = 2000.0,
+    ) -> None:
         names = tuple(kinds.split(",")) if isinstance(kinds, str) else tuple(kinds)
         with self.state.lock:
-            self.state.gate.set_faults(None if account is None else str(account), float(error_rate), names,
-                                       None if seed is None else int(seed),
-                                       None if next_n is None else int(next_n), float(slow_ms))
+            self.state.gate.set_faults(
+                None if account is None else str(account),
+                float(error_rate),
+                names,
+                None if seed is None else int(seed),
+                None if next_n is None else int(next_n),
+                float(slow_ms),
+            )
 
     def op_set_rate_limit(self, account: str, per_s: int | None) -> None:
         with self.state.lock:
             self.state.gate.set_rate_limit(str(account), None if per_s is None else int(per_s))
 
-    def op_throttle(self, account: str, seconds: float, code: int = 4,
-                    retry_after_s: float | None = None) -> None:
+    def op_throttle(
+        self, account: str, seconds: float, code: int = 4, retry_after_s: float | None = None
+    ) -> None:
         with self.state.lock:
-            self.state.gate.throttle(str(account), float(seconds), int(code), _num(retry_after_s),
-                                     time.monotonic())
+            self.state.gate.throttle(
+                str(account), float(seconds), int(code), _num(retry_after_s), time.monotonic()
+            )
 
     def op_stats(self) -> Any:
         return self.state.stats()

@@ -86,8 +86,9 @@ class Conversations:
         self.messages[mid] = msg
         return msg
 
-    def page(self, account: str, user_id: str | None, after: str | None, before: str | None,
-             limit: int) -> tuple[list[Conversation], dict[str, str], bool]:
+    def page(
+        self, account: str, user_id: str | None, after: str | None, before: str | None, limit: int
+    ) -> tuple[list[Conversation], dict[str, str], bool]:
         """One page of ``account``'s conversations, newest first: (items, cursors, has_next)."""
         if user_id is not None:
             one = self.by_pair.get((account, user_id))
@@ -99,12 +100,12 @@ class Conversations:
         if after:
             u, cid = decode_cursor(after)
             start = bisect.bisect_right(pos, (-u, cid))
-            chosen = keys[start: start + limit]
+            chosen = keys[start : start + limit]
             has_next = start + limit < len(keys)
         elif before:
             u, cid = decode_cursor(before)
             end = bisect.bisect_left(pos, (-u, cid))
-            chosen = keys[max(0, end - limit): end]
+            chosen = keys[max(0, end - limit) : end]
             has_next = end < len(keys)
         else:
             chosen = keys[:limit]
@@ -112,17 +113,20 @@ class Conversations:
         items = [c for _, c in chosen]
         cursors = {}
         if items:
-            cursors = {"before": encode_cursor([items[0].updated_ms, items[0].id]),
-                       "after": encode_cursor([items[-1].updated_ms, items[-1].id])}
+            cursors = {
+                "before": encode_cursor([items[0].updated_ms, items[0].id]),
+                "after": encode_cursor([items[-1].updated_ms, items[-1].id]),
+            }
         return items, cursors, has_next
 
     @staticmethod
-    def message_page(conv: Conversation, after: str | None, limit: int) -> tuple[list[tuple[int, Message]],
-                                                                              dict[str, str], bool]:
+    def message_page(
+        conv: Conversation, after: str | None, limit: int
+    ) -> tuple[list[tuple[int, Message]], dict[str, str], bool]:
         """Messages newest first as (rank, message); rank < 20 can be read in detail."""
         newest = conv.messages[::-1]
         start = int(decode_cursor(after)) + 1 if after else 0
-        chosen = list(enumerate(newest))[start: start + limit]
+        chosen = list(enumerate(newest))[start : start + limit]
         cursors = {}
         if chosen:
             cursors = {"before": encode_cursor(chosen[0][0]), "after": encode_cursor(chosen[-1][0])}

@@ -44,10 +44,19 @@ def fbtrace_id() -> str:
 class GraphError(Exception):
     """One error answer: HTTP status, envelope fields and extra headers."""
 
-    def __init__(self, status: int, code: int, message: str, *, subcode: int | None = None,
-                 type_: str = "OAuthException", transient: bool = False,
-                 headers: Iterable[tuple[str, str]] = (), pct: int | None = None,
-                 regain_min: int = 0) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: int,
+        message: str,
+        *,
+        subcode: int | None = None,
+        type_: str = "OAuthException",
+        transient: bool = False,
+        headers: Iterable[tuple[str, str]] = (),
+        pct: int | None = None,
+        regain_min: int = 0,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -79,19 +88,28 @@ def invalid(detail: str) -> GraphError:
 
 
 def no_object(obj_id: str, method: str = "get") -> GraphError:
-    return GraphError(400, 100, f"Unsupported {method.lower()} request. Object with ID '{obj_id}' does not "
-                      "exist, cannot be loaded due to missing permissions, or does not support this "
-                      "operation",
-                      subcode=33)
+    return GraphError(
+        400,
+        100,
+        f"Unsupported {method.lower()} request. Object with ID '{obj_id}' does not "
+        "exist, cannot be loaded due to missing permissions, or does not support this "
+        "operation",
+        subcode=33,
+    )
 
 
 def bad_token(revoked: bool = False, missing: bool = False) -> GraphError:
     if missing:
         return GraphError(400, 190, "An access token is required to request this resource.")
     if revoked:
-        return GraphError(400, 190, "Error validating access token: The session has been invalidated "
-                          "because the user changed their password or Facebook has changed the session "
-                          "for security reasons.", subcode=460)
+        return GraphError(
+            400,
+            190,
+            "Error validating access token: The session has been invalidated "
+            "because the user changed their password or Facebook has changed the session "
+            "for security reasons.",
+            subcode=460,
+        )
     return GraphError(400, 190, "Invalid OAuth access token - Cannot parse access token")
 
 
@@ -100,8 +118,13 @@ def outside_window() -> GraphError:
 
 
 def already_replied(comment_id: str) -> GraphError:
-    return GraphError(400, 100, f"(#100) A private reply has already been sent for comment {comment_id}",
-                      subcode=2534025, type_="IGApiException")
+    return GraphError(
+        400,
+        100,
+        f"(#100) A private reply has already been sent for comment {comment_id}",
+        subcode=2534025,
+        type_="IGApiException",
+    )
 
 
 def throttled(code: int, remaining_s: float, retry_after_s: float | None) -> GraphError:
@@ -111,8 +134,15 @@ def throttled(code: int, remaining_s: float, retry_after_s: float | None) -> Gra
         retry_after_s = max(1, int(remaining_s + 0.999))
     if retry_after_s is not None:
         headers.append(("Retry-After", str(int(retry_after_s + 0.999))))
-    return GraphError(429 if code == 429 else 400, 4 if code == 429 else code, THROTTLE_MESSAGES[code],
-                      transient=code != 368, headers=headers, pct=100, regain_min=int(remaining_s // 60))
+    return GraphError(
+        429 if code == 429 else 400,
+        4 if code == 429 else code,
+        THROTTLE_MESSAGES[code],
+        transient=code != 368,
+        headers=headers,
+        pct=100,
+        regain_min=int(remaining_s // 60),
+    )
 
 
 def rate_limited(pct: int) -> GraphError:
@@ -122,5 +152,6 @@ def rate_limited(pct: int) -> GraphError:
 def fault(kind: str) -> GraphError:
     if kind == "5xx":
         return GraphError(500, 1, "An unknown error occurred", transient=True)
-    return GraphError(400, 2, "An unexpected error has occurred. Please retry your request later.",
-                      transient=True)
+    return GraphError(
+        400, 2, "An unexpected error has occurred. Please retry your request later.", transient=True
+    )

@@ -22,7 +22,7 @@ def parse_fields(text: str) -> Fields:
         return {}
     fields, pos = _parse(text, 0, nested=False)
     if pos != len(text):
-        raise invalid(f"fields: unexpected {text[pos:pos + 10]!r}")
+        raise invalid(f"fields: unexpected {text[pos : pos + 10]!r}")
     return fields
 
 
@@ -31,7 +31,7 @@ def _parse(text: str, pos: int, nested: bool) -> tuple[Fields, int]:
     while True:
         match = _NAME.match(text, pos)
         if match is None:
-            raise invalid(f"fields: a field name is expected at {text[pos:pos + 10]!r}")
+            raise invalid(f"fields: a field name is expected at {text[pos : pos + 10]!r}")
         name, mods = match.group(1), match.group(2)
         pos = match.end()
         limit_match = _LIMIT.search(mods)
@@ -49,4 +49,4 @@ def _parse(text: str, pos: int, nested: bool) -> tuple[Fields, int]:
             continue
         if nested or pos >= len(text):
             return out, pos
-        raise invalid(f"fields: unexpected {text[pos:pos + 10]!r}")
+        raise invalid(f"fields: unexpected {text[pos : pos + 10]!r}")

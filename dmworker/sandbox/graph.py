@@ -21,8 +21,10 @@ from .validate import validate_send
 
 JSON = "application/json; charset=UTF-8"
 VERSION_RE = re.compile(r"v\d+(?:\.\d+)?")
-UNAVAILABLE = (b"<!DOCTYPE html><html><head><title>Service Unavailable</title></head>"
-               b"<body><h1>503 Service Unavailable</h1><p>Sorry, something went wrong.</p></body></html>")
+UNAVAILABLE = (
+    b"<!DOCTYPE html><html><head><title>Service Unavailable</title></head>"
+    b"<body><h1>503 Service Unavailable</h1><p>Sorry, something went wrong.</p></body></html>"
+)
 MESSAGE_FIELDS = frozenset({"id", "created_time", "from", "to", "message"})
 CONVERSATION_FIELDS = frozenset({"id", "updated_time", "participants", "messages"})
 ID_ONLY: Fields = {"id": (None, None)}  # default fields of each node
@@ -57,10 +59,14 @@ def _form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
 def usage_headers(account: str | None, pct: int, regain_min: int = 0) -> list[tuple[str, str]]:
     headers = [("X-App-Usage", f'{{"call_count":{pct},"total_time":{pct},"total_cputime":{pct}}}')]
     if account is not None:
-        headers.append(("X-Business-Use-Case-Usage",
-                        f'{{{json.dumps(account)}:[{{"type":"instagram","call_count":{pct},'
-                        f'"total_cputime":{pct},"total_time":{pct},'
-                        f'"estimated_time_to_regain_access":{regain_min}}}]}}'))
+        headers.append(
+            (
+                "X-Business-Use-Case-Usage",
+                f'{{{json.dumps(account)}:[{{"type":"instagram","call_count":{pct},'
+                f'"total_cputime":{pct},"total_time":{pct},'
+                f'"estimated_time_to_regain_access":{regain_min}}}]}}',
+            )
+        )
     return headers
 
 
@@ -68,13 +74,24 @@ class GraphApp:
     def __init__(self, state: SandboxState) -> None:
         self.state = state
 
-    def handle(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
-               host: str) -> Answer:
+    def handle(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes, host: str
+    ) -> Answer:
         """Answer one Graph request; ``headers`` has lower-case names."""
         state = self.state
-        record: dict[str, Any] = {"seq": 0, "t_ms": now_ms(), "account": None, "method": method,
-                                  "path": path, "status": 200, "error_code": None, "error_subcode": None,
-                                  "kind": None, "recipient": None, "fault": None}
+        record: dict[str, Any] = {
+            "seq": 0,
+            "t_ms": now_ms(),
+            "account": None,
+            "method": method,
+            "path": path,
+            "status": 200,
+            "error_code": None,
+            "error_subcode": None,
+            "kind": None,
+            "recipient": None,
+            "fault": None,
+        }
         pct, regain, delay_s, extra = 0, 0, 0.0, []
         try:
             if state.latency_ms > 0:
@@ -129,8 +146,17 @@ class GraphApp:
             return {}, invalid("the body must be a JSON object")
         return data, None
 
-    def _route(self, method: str, path: str, params: dict[str, Any], data: dict[str, Any], account: str,
-               record: dict[str, Any], host: str, query: str) -> dict[str, Any]:
+    def _route(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any],
+        data: dict[str, Any],
+        account: str,
+        record: dict[str, Any],
+        host: str,
+        query: str,
+    ) -> dict[str, Any]:
         segs = [s for s in path.split("/") if s]
         prefix = ""
         if segs and VERSION_RE.fullmatch(segs[0]):
@@ -152,8 +178,9 @@ class GraphApp:
                 conv = self.state.find_object(account, segs[0])
                 if not isinstance(conv, Conversation):
                     raise no_object(segs[0])
-                return self._messages_edge(conv, fields or ID_TIME,
-                                           _limit(params, 20), params.get("after"), base, token_q)
+                return self._messages_edge(
+                    conv, fields or ID_TIME, _limit(params, 20), params.get("after"), base, token_q
+                )
             if len(segs) == 2:
                 raise no_object(segs[0])
             if segs[0] in me:
@@ -171,14 +198,20 @@ class GraphApp:
     def _send(self, account: str, data: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
         rec = data.get("recipient")
         if isinstance(rec, dict):
-            record["recipient"] = (f"comment:{rec['comment_id']}" if "comment_id" in rec
-                                   else str(rec["id"]) if "id" in rec else None)
+            record["recipient"] = (
+                f"comment:{rec['comment_id']}"
+                if "comment_id" in rec
+                else str(rec["id"])
+                if "id" in rec
+                else None
+            )
         spec = validate_send(data)
         record["kind"] = spec.kind
         return self.state.commit_send(account, spec, data)
 
-    def _conversations(self, account: str, params: dict[str, Any], base: str,
-                       token_q: dict[str, str]) -> dict[str, Any]:
+    def _conversations(
+        self, account: str, params: dict[str, Any], base: str, token_q: dict[str, str]
+    ) -> dict[str, Any]:
         if params.get("platform", "instagram") != "instagram":
             raise invalid("platform must be instagram")
         fields = parse_fields(params.get("fields", "")) or ID_ONLY
@@ -187,7 +220,8 @@ class GraphApp:
         with self.state.lock:
             try:
                 convs, cursors, has_next = self.state.conversations.page(
-                    account, params.get("user_id"), params.get("after"), params.get("before"), limit)
+                    account, params.get("user_id"), params.get("after"), params.get("before"), limit
+                )
             except ValueError:
                 raise invalid("the paging cursor is not valid") from None
             data = [self._conversation(c, fields, base, token_q) for c in convs]
@@ -195,39 +229,56 @@ class GraphApp:
         if has_next:
             query = {k: v for k, v in params.items() if k not in ("after", "before") and isinstance(v, str)}
             paging["next"] = f"{base}/me/conversations?" + urlencode(
-                {**query, **token_q, "limit": str(limit), "after": cursors["after"]})
+                {**query, **token_q, "limit": str(limit), "after": cursors["after"]}
+            )
         return {"data": data, "paging": paging}
 
-    def _conversation(self, conv: Conversation, fields: dict[str, Any], base: str,
-                      token_q: dict[str, str]) -> dict[str, Any]:
+    def _conversation(
+        self, conv: Conversation, fields: dict[str, Any], base: str, token_q: dict[str, str]
+    ) -> dict[str, Any]:
         _check_fields(fields, CONVERSATION_FIELDS, "IGConversation")
         out: dict[str, Any] = {"id": conv.id}
         if "updated_time" in fields:
             out["updated_time"] = iso(conv.updated_ms)
         if "participants" in fields:
-            out["participants"] = {"data": [
-                {"username": self.state.account_name(conv.account), "id": conv.account},
-                {"username": f"user_{conv.igsid}", "id": conv.igsid}]}
+            out["participants"] = {
+                "data": [
+                    {"username": self.state.account_name(conv.account), "id": conv.account},
+                    {"username": f"user_{conv.igsid}", "id": conv.igsid},
+                ]
+            }
         if "messages" in fields:
             sub, limit = fields["messages"]
-            out["messages"] = self._messages_edge(conv, sub or ID_TIME,
-                                                  limit or 20, None, base, token_q)
+            out["messages"] = self._messages_edge(conv, sub or ID_TIME, limit or 20, None, base, token_q)
         return out
 
-    def _messages_edge(self, conv: Conversation, fields: dict[str, Any], limit: int, after: str | None,
-                       base: str, token_q: dict[str, str]) -> dict[str, Any]:
+    def _messages_edge(
+        self,
+        conv: Conversation,
+        fields: dict[str, Any],
+        limit: int,
+        after: str | None,
+        base: str,
+        token_q: dict[str, str],
+    ) -> dict[str, Any]:
         _check_fields(fields, MESSAGE_FIELDS, "IGMessage")
         try:
             chosen, cursors, has_next = Conversations.message_page(conv, after, limit)
         except ValueError:
             raise invalid("the paging cursor is not valid") from None
         name = self.state.account_name(conv.account)
-        data = [render_message(m, set(fields), name) if rank < DETAIL_LIMIT else {"id": m.mid}
-                for rank, m in chosen]
+        data = [
+            render_message(m, set(fields), name) if rank < DETAIL_LIMIT else {"id": m.mid}
+            for rank, m in chosen
+        ]
         paging: dict[str, Any] = {"cursors": cursors}
         if has_next:
-            query = {"fields": ",".join(sorted(fields)), **token_q, "limit": str(limit),
-                     "after": cursors["after"]}
+            query = {
+                "fields": ",".join(sorted(fields)),
+                **token_q,
+                "limit": str(limit),
+                "after": cursors["after"],
+            }
             paging["next"] = f"{base}/{conv.id}/messages?" + urlencode(query)
         return {"data": data, "paging": paging}
 
@@ -246,5 +297,6 @@ def _limit(params: dict[str, Any], default: int) -> int:
 def _check_fields(fields: dict[str, Any], allowed: frozenset[str], node: str) -> None:
     for name in fields:
         if name not in allowed:
-            raise GraphError(400, 100, f"(#100) Tried accessing nonexisting field ({name}) "
-                             f"on node type ({node})")
+            raise GraphError(
+                400, 100, f"(#100) Tried accessing nonexisting field ({name}) on node type ({node})"
+            )

@@ -68,8 +68,9 @@ class Gate:
             self.limits[account] = int(per_s)
             self.calls.setdefault(account, deque())
 
-    def throttle(self, account: str, seconds: float, code: int, retry_after_s: float | None,
-                 now: float) -> None:
+    def throttle(
+        self, account: str, seconds: float, code: int, retry_after_s: float | None, now: float
+    ) -> None:
         if code not in THROTTLE_MESSAGES:
             raise ValueError(f"code must be one of {sorted(THROTTLE_MESSAGES)}")
         if seconds <= 0:
@@ -77,8 +78,15 @@ class Gate:
         else:
             self.throttles[account] = (now + seconds, code, retry_after_s)
 
-    def set_faults(self, account: str | None, error_rate: float, kinds: tuple[str, ...],
-                   seed: int | None, next_n: int | None, slow_ms: float) -> None:
+    def set_faults(
+        self,
+        account: str | None,
+        error_rate: float,
+        kinds: tuple[str, ...],
+        seed: int | None,
+        next_n: int | None,
+        slow_ms: float,
+    ) -> None:
         bad = sorted(set(kinds) - FAULT_KINDS)
         if bad or not kinds:
             raise ValueError(f"fault kinds must be a non-empty subset of {sorted(FAULT_KINDS)}, got {bad}")

@@ -23,9 +23,16 @@ BANNER = "dmworker sandbox listening on "
 
 
 class SandboxProcess:
-    def __init__(self, tokens: dict[str, str] | None = None, port: int = 0, latency_ms: float = 0.0,
-                 enforce_windows: bool = True, extra_args: Sequence[str] = (), host: str = "127.0.0.1",
-                 startup_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        tokens: dict[str, str] | None = None,
+        port: int = 0,
+        latency_ms: float = 0.0,
+        enforce_windows: bool = True,
+        extra_args: Sequence[str] = (),
+        host: str = "127.0.0.1",
+        startup_timeout_s: float = 10.0,
+    ) -> None:
         self.tokens = dict(tokens or {})
         self.host, self.port = host, port
         self.latency_ms, self.enforce_windows = latency_ms, enforce_windows
@@ -55,9 +62,19 @@ class SandboxProcess:
         if self.running():
             raise RuntimeError("the sandbox process is already running")
         self._reap()
-        cmd = [sys.executable, "-m", "dmworker.sandbox", "--host", self.host, "--port", str(self.port),
-               "--latency-ms", str(self.latency_ms), *(() if self.enforce_windows else ("--no-windows",)),
-               *self.extra_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dmworker.sandbox",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--latency-ms",
+            str(self.latency_ms),
+            *(() if self.enforce_windows else ("--no-windows",)),
+            *self.extra_args,
+        ]
         env = {**os.environ, TOKENS_ENV: json.dumps(self.tokens)}
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
@@ -69,7 +86,7 @@ class SandboxProcess:
             if time.monotonic() >= deadline or self.port == 0:
                 raise RuntimeError(f"the sandbox did not start (exit code {code}, said {line!r})")
             time.sleep(0.1)  # the port may still be held for a moment after a kill: try again
-        self.port = int(line[len(BANNER):].rsplit(":", 1)[1])
+        self.port = int(line[len(BANNER) :].rsplit(":", 1)[1])
         if self._control is not None and self._control.url != self.url:
             self._control.close()
             self._control = None

@@ -44,7 +44,7 @@ class RecordLog:
             return [], since
         start = max(0, since - items[0]["seq"] + 1)
         if account is None:
-            out = items[start: start + limit]
+            out = items[start : start + limit]
             return out, (out[-1]["seq"] if out else since)
         out = []
         last = since

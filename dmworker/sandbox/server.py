@@ -27,9 +27,17 @@ log = logging.getLogger("dmworker.sandbox")
 MAX_BODY = 16 * 1024 * 1024
 MAX_LINE = 65536
 MAX_HEADERS = 100
-REASONS = {0: "", 200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large",
-           431: "Request Header Fields Too Large",
-           429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+REASONS = {
+    0: "",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 _TOKEN_RE = re.compile(r"(access_token=)[^&\s\"']+|(Bearer\s+)\S+", re.IGNORECASE)
 
 
@@ -71,7 +79,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             connection = headers.get("connection", "").lower()
             self.close_connection = "close" in connection or (
-                version == "HTTP/1.0" and "keep-alive" not in connection)
+                version == "HTTP/1.0" and "keep-alive" not in connection
+            )
             if headers.get("expect", "").lower() == "100-continue":
                 self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = self._body(headers)
@@ -124,8 +133,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(answer)
 
     def _write(self, answer: Answer) -> None:
-        head = [f"HTTP/1.1 {answer.status} {REASONS.get(answer.status, 'Error')}\r\n"
-                f"Content-Type: {answer.content_type}\r\nContent-Length: {len(answer.body)}\r\n"]
+        head = [
+            f"HTTP/1.1 {answer.status} {REASONS.get(answer.status, 'Error')}\r\n"
+            f"Content-Type: {answer.content_type}\r\nContent-Length: {len(answer.body)}\r\n"
+        ]
         for name, value in answer.headers:
             head.append(f"{name}: {value}\r\n")
         if self.close_connection:
@@ -180,9 +191,15 @@ class SandboxServer:
     ``http://HOST:PORT``, ``control`` a :class:`SandboxControl` on it, ``state`` the live state.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, tokens: dict[str, str] | None = None,
-                 latency_ms: float = 0.0, enforce_windows: bool = True,
-                 max_requests: int | None = 1_000_000) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tokens: dict[str, str] | None = None,
+        latency_ms: float = 0.0,
+        enforce_windows: bool = True,
+        max_requests: int | None = 1_000_000,
+    ) -> None:
         self.host, self.port = host, port
         self.state = SandboxState(tokens, latency_ms, enforce_windows, max_requests)
         self._httpd: _HTTPServer | None = None
@@ -204,8 +221,12 @@ class SandboxServer:
             raise RuntimeError("the sandbox is already running")
         self._httpd = _HTTPServer((self.host, self.port), self.state)
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"sandbox-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"sandbox-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         log.info("sandbox listening on %s", self.url)
         return self

@@ -32,8 +32,13 @@ def now_ms() -> float:
 
 
 class SandboxState:
-    def __init__(self, tokens: dict[str, str] | None = None, latency_ms: float = 0.0,
-                 enforce_windows: bool = True, max_requests: int | None = 1_000_000) -> None:
+    def __init__(
+        self,
+        tokens: dict[str, str] | None = None,
+        latency_ms: float = 0.0,
+        enforce_windows: bool = True,
+        max_requests: int | None = 1_000_000,
+    ) -> None:
         self.lock = threading.Lock()
         self.tokens: dict[str, str] = dict(tokens or {})
         self.revoked: set[str] = set()
@@ -92,8 +97,14 @@ class SandboxState:
     def new_mid(self, account: str) -> str:
         return b64(f"ig_message_item:1:IGMessageId:{account}:{_NONCE}{next(self._ids):x}")
 
-    def open_windows(self, account: str, igsids: list[str], at_ms: float | None = None,
-                     text: str = "hi", add_message: bool = True) -> dict[str, str]:
+    def open_windows(
+        self,
+        account: str,
+        igsids: list[str],
+        at_ms: float | None = None,
+        text: str = "hi",
+        add_message: bool = True,
+    ) -> dict[str, str]:
         """Simulated inbound user messages: (re)open each window as of ``at_ms`` (default now).
 
         ``at_ms`` sets the user's last message time (it may move a window back into the past).
@@ -140,8 +151,17 @@ class SandboxState:
                     if last is None or t - last > limit:
                         raise outside_window()
             mid = None if spec.is_action else self.new_mid(account)
-            self.sends.append({"seq": 0, "t_ms": t, "account": account, "recipient": recipient,
-                               "kind": spec.kind, "body": body, "message_id": mid})
+            self.sends.append(
+                {
+                    "seq": 0,
+                    "t_ms": t,
+                    "account": account,
+                    "recipient": recipient,
+                    "kind": spec.kind,
+                    "body": body,
+                    "message_id": mid,
+                }
+            )
             self.sends.counts[spec.kind] += 1
             self.sends_by_account[account] += 1
             if mid is None:
@@ -179,13 +199,20 @@ class SandboxState:
     def stats(self) -> dict[str, Any]:
         with self.lock:
             return {
-                "sends": len(self.sends.items), "requests": len(self.requests.items),
-                "sends_by_kind": dict(self.sends.counts), "requests_by_status": dict(self.requests.counts),
-                "sends_by_account": dict(self.sends_by_account), "windows": len(self.windows),
-                "comments": len(self.comments), "conversations": len(self.conversations.by_id),
-                "tokens": len(self.tokens), "revoked": len(self.revoked),
-                "latency_ms": self.latency_ms, "slow_ms": self.slow_ms,
-                "enforce_windows": self.enforce_windows, "uptime_s": (now_ms() - self.started_ms) / 1000,
+                "sends": len(self.sends.items),
+                "requests": len(self.requests.items),
+                "sends_by_kind": dict(self.sends.counts),
+                "requests_by_status": dict(self.requests.counts),
+                "sends_by_account": dict(self.sends_by_account),
+                "windows": len(self.windows),
+                "comments": len(self.comments),
+                "conversations": len(self.conversations.by_id),
+                "tokens": len(self.tokens),
+                "revoked": len(self.revoked),
+                "latency_ms": self.latency_ms,
+                "slow_ms": self.slow_ms,
+                "enforce_windows": self.enforce_windows,
+                "uptime_s": (now_ms() - self.started_ms) / 1000,
             }
 
     def find_object(self, account: str, obj_id: str) -> Any:

@@ -13,8 +13,18 @@ from urllib.parse import urlsplit
 
 from .errors import GraphError, invalid
 
-TOP_KEYS = frozenset({"recipient", "message", "sender_action", "payload", "messaging_type", "tag",
-                      "reply_to", "notification_type"})
+TOP_KEYS = frozenset(
+    {
+        "recipient",
+        "message",
+        "sender_action",
+        "payload",
+        "messaging_type",
+        "tag",
+        "reply_to",
+        "notification_type",
+    }
+)
 MESSAGE_KEYS = frozenset({"text", "attachment", "attachments", "quick_replies", "metadata"})
 ACTIONS = frozenset({"typing_on", "typing_off", "mark_seen", "react", "unreact"})
 MEDIA_TYPES = frozenset({"image", "video", "audio", "file"})
@@ -53,7 +63,7 @@ def validate_send(body: Any) -> SendSpec:
     if "reply_to" in body:
         reply_to = body["reply_to"]
         if not isinstance(reply_to, dict) or not _nonempty(reply_to.get("mid")) or len(reply_to) != 1:
-            raise invalid("reply_to must be {\"mid\": MESSAGE_ID}")
+            raise invalid('reply_to must be {"mid": MESSAGE_ID}')
     kind, text = _message(body["message"])
     if cid is not None:
         if kind != "text":
@@ -76,7 +86,7 @@ def _ident(value: Any) -> str | None:
 
 def _recipient(rec: Any) -> tuple[str | None, str | None]:
     if not isinstance(rec, dict) or len(rec) != 1 or not ({"id", "comment_id"} & set(rec)):
-        raise invalid("recipient must be {\"id\": IGSID} or {\"comment_id\": COMMENT_ID}")
+        raise invalid('recipient must be {"id": IGSID} or {"comment_id": COMMENT_ID}')
     key, value = next(iter(rec.items()))
     ident = _ident(value)
     if ident is None:
@@ -212,8 +222,9 @@ def _attachment(att: Any) -> str:
         return "media_share"
     if atype == "template":
         return _template(att.get("payload"))
-    raise invalid("message.attachment.type must be one of image, video, audio, file, like_heart, "
-                  "MEDIA_SHARE, template")
+    raise invalid(
+        "message.attachment.type must be one of image, video, audio, file, like_heart, MEDIA_SHARE, template"
+    )
 
 
 def _template(payload: Any) -> str:

@@ -103,8 +103,7 @@ def _error_handlers(app: flask.Flask) -> None:
     @app.errorhandler(redis.RedisError)
     def _redis(e: Exception) -> tuple[flask.Response, int]:
         log.error("Redis unavailable: %s", type(e).__name__)
-        return error(503, "redis_unavailable",
-                     "Redis is unreachable; nothing was changed. Retry later.")
+        return error(503, "redis_unavailable", "Redis is unreachable; nothing was changed. Retry later.")
 
     @app.errorhandler(Exception)
     def _internal(e: Exception) -> tuple[flask.Response, int]:

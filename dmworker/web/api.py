@@ -95,8 +95,14 @@ def _submit_one(item: Mapping[str, Any]) -> Job:
 
 
 def _job_view(job: Job) -> dict[str, Any]:
-    return {"id": job.id, "ids": list(job.ids), "account": job.account, "recipient": job.recipient,
-            "due_ms": job.due_ms, "duplicate": job.duplicate}
+    return {
+        "id": job.id,
+        "ids": list(job.ids),
+        "account": job.account,
+        "recipient": job.recipient,
+        "due_ms": job.due_ms,
+        "duplicate": job.duplicate,
+    }
 
 
 # ----------------------------------------------------------------------------------- jobs

@@ -43,14 +43,18 @@ class WebContext:
 
                 app.send_task(self.settings.event_task, args=[event], queue=self.settings.event_queue)
             except Exception as e:  # the broker is down: log, the webhook still answers 200
-                log.error("could not send event task %s: %s: %s", self.settings.event_task,
-                          type(e).__name__, e)
+                log.error(
+                    "could not send event task %s: %s: %s", self.settings.event_task, type(e).__name__, e
+                )
         if self.callback is not None:
             try:
                 self.callback(event)
             except Exception:
-                log.exception("DMWORKER_EVENT_CALLBACK %s raised on a %s event",
-                              self.settings.event_callback, event.get("kind"))
+                log.exception(
+                    "DMWORKER_EVENT_CALLBACK %s raised on a %s event",
+                    self.settings.event_callback,
+                    event.get("kind"),
+                )
 
 
 def import_callback(spec: str | None) -> Callable[[dict[str, Any]], Any] | None:

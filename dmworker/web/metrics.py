@@ -59,15 +59,19 @@ class RedisCollector(Collector):
         r = self.store.redis
         now = _redis_now_ms(self.store)
         counters = {name: CounterMetricFamily(name, doc, labels=["account"]) for name, doc, _ in _COUNTERS}
-        sent = CounterMetricFamily("dmworker_jobs_sent", "Jobs delivered, by kind.",
-                                   labels=["account", "kind"])
-        failed = CounterMetricFamily("dmworker_jobs_failed", "Jobs failed for good, by kind.",
-                                     labels=["account", "kind"])
-        latency = HistogramMetricFamily("dmworker_send_latency_seconds", "Graph API send latency.",
-                                        labels=["account"])
+        sent = CounterMetricFamily(
+            "dmworker_jobs_sent", "Jobs delivered, by kind.", labels=["account", "kind"]
+        )
+        failed = CounterMetricFamily(
+            "dmworker_jobs_failed", "Jobs failed for good, by kind.", labels=["account", "kind"]
+        )
+        latency = HistogramMetricFamily(
+            "dmworker_send_latency_seconds", "Graph API send latency.", labels=["account"]
+        )
         gauges = {name: GaugeMetricFamily(name, doc, labels=["account"]) for name, doc, _ in _GAUGES}
-        paused = GaugeMetricFamily("dmworker_account_paused", "1 while the account's sends are paused.",
-                                   labels=["account", "reason"])
+        paused = GaugeMetricFamily(
+            "dmworker_account_paused", "1 while the account's sends are paused.", labels=["account", "reason"]
+        )
         for acct in self.accounts():
             k = self.store.acct(acct)
             pipe = r.pipeline(transaction=False)
@@ -134,6 +138,11 @@ def healthz() -> ResponseReturnValue:
     except Exception as e:
         return error(503, "unhealthy", f"Redis does not answer ({type(e).__name__})", redis="down", workers=0)
     if workers < 1:
-        return error(503, "unhealthy", f"no worker or dispatcher heartbeat in the last "
-                     f"{HEARTBEAT_MAX_AGE_MS // 1000} s", redis="ok", workers=0)
+        return error(
+            503,
+            "unhealthy",
+            f"no worker or dispatcher heartbeat in the last {HEARTBEAT_MAX_AGE_MS // 1000} s",
+            redis="ok",
+            workers=0,
+        )
     return flask.jsonify({"redis": "ok", "workers": workers})

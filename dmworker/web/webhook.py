@@ -59,10 +59,17 @@ def verify() -> ResponseReturnValue:
     args = flask.request.args
     expected = ctx().settings.verify_token
     given = args.get("hub.verify_token", "")
-    if (args.get("hub.mode") == "subscribe" and expected
-            and hmac.compare_digest(given.encode(), expected.encode())):
-        return flask.Response(args.get("hub.challenge", ""), 200, mimetype="text/plain",
-                              headers={"X-Content-Type-Options": "nosniff"})
+    if (
+        args.get("hub.mode") == "subscribe"
+        and expected
+        and hmac.compare_digest(given.encode(), expected.encode())
+    ):
+        return flask.Response(
+            args.get("hub.challenge", ""),
+            200,
+            mimetype="text/plain",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
     log.warning("webhook verification refused (wrong mode or verify token)")
     return error(403, "forbidden", "verification failed")
 
@@ -72,8 +79,10 @@ def receive() -> ResponseReturnValue:
     web = ctx()
     raw = flask.request.get_data(cache=False)
     if not signature_ok(web.settings.app_secret, raw, flask.request.headers.get("X-Hub-Signature-256")):
-        log.warning("webhook refused: %s", "bad or missing signature" if web.settings.app_secret
-                    else "no DMWORKER_APP_SECRET configured")
+        log.warning(
+            "webhook refused: %s",
+            "bad or missing signature" if web.settings.app_secret else "no DMWORKER_APP_SECRET configured",
+        )
         return error(403, "forbidden", "invalid or missing X-Hub-Signature-256")
     try:
         body = json.loads(raw)
@@ -130,8 +139,9 @@ def classify(ev: Mapping[str, Any], sender: str, ts: int) -> tuple[str, str, boo
         mid = part.get("mid")
         if kind == "referral" or not isinstance(mid, str) or not mid:
             ref = part.get("ref") if kind == "referral" else part
-            digest = hashlib.sha256(json.dumps([kind, sender, ts, ref], sort_keys=True, default=str)
-                                    .encode()).hexdigest()
+            digest = hashlib.sha256(
+                json.dumps([kind, sender, ts, ref], sort_keys=True, default=str).encode()
+            ).hexdigest()
             return kind, f"{kind}:{digest}", True, kind in ("message", "postback")
         if kind == "reaction":
             action = str(part.get("action", ""))
@@ -158,8 +168,12 @@ def _messaging(web: WebContext, account: str, ev: Any, entry_ms: int | None) -> 
     if not is_new:
         return None
     if cancelled:
-        log.info("%s from the user cancelled %d follow-up(s)", kind, len(cancelled),
-                 extra={"account": account, "recipient": user})
+        log.info(
+            "%s from the user cancelled %d follow-up(s)",
+            kind,
+            len(cancelled),
+            extra={"account": account, "recipient": user},
+        )
     return {"account": account, "user": user, "kind": kind, "timestamp_ms": ts, "event": ev}
 
 

