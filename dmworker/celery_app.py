@@ -105,7 +105,7 @@ def _start_dispatcher(sender: Any = None, **_: Any) -> None:
     if not rt.settings.embedded_scheduler:
         _dispatch_stop = start_heartbeat(rt.store, hostname)
         return
-    _, _dispatch_stop = start_thread(Dispatcher(rt.store, publish, name=hostname))
+    _thread, _dispatch_stop = start_thread(Dispatcher(rt.store, publish, name=hostname))
     log.info("dispatcher thread started")
 
 

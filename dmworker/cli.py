@@ -212,7 +212,7 @@ def _dispatch(ns: argparse.Namespace) -> int:
     if cmd == "send":
         from .outbox import Outbox
 
-        kind, args = _send_args(ns)
+        kind, send_kwargs = _send_args(ns)
         opts = {
             k: v
             for k, v in (
@@ -225,7 +225,7 @@ def _dispatch(ns: argparse.Namespace) -> int:
         }
         if ns.cancel_on_reply:
             opts["cancel_on_reply"] = True
-        job = Outbox().submit(kind, ns.recipient, args, **opts)
+        job = Outbox().submit(kind, ns.recipient, send_kwargs, **opts)
         _print({"id": job.id, "ids": job.ids, "duplicate": job.duplicate})
         return 0
     if cmd == "status":
@@ -250,8 +250,8 @@ def _dispatch(ns: argparse.Namespace) -> int:
         if ns.action == "list":
             _print([s.to_dict() for s in dl.list(ns.account, ns.limit)])
         elif ns.action == "show":
-            status, job = dl.show(ns.job_id)
-            _print({"status": status.to_dict(), "job": job})
+            dead, payload = dl.show(ns.job_id)
+            _print({"status": dead.to_dict(), "job": payload})
         elif ns.action == "replay":
             dl.replay(ns.job_id)
             print(f"replayed {ns.job_id}")

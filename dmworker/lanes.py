@@ -53,7 +53,8 @@ class LaneStore:
 
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
-        self.redis = client
+        # decode_responses=True: every reply is str (redis-py's stubs cannot say so, hence Any)
+        self.redis: Any = client
         self.keys = Keys(settings.key_prefix)
 
     def acct(self, account: str) -> AccountKeys:

@@ -93,7 +93,7 @@ class Outbox:
         self.settings = settings
         self.account = account or settings.default_account
         self.store = LaneStore(settings, client)
-        self.redis = client
+        self.redis: Any = client
         self._publish = publish
         self._known_accounts: set[str] = set()
 

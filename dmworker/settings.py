@@ -195,66 +195,66 @@ class Settings:
             if e.get(var):
                 rates[k] = parse_rate(e[var], var)
         accounts: dict[str, AccountConfig] = {}
-        default_account = r.str("DMWORKER_ACCOUNT_ID")
-        token = r.str("DMWORKER_ACCESS_TOKEN")
+        default_account = r.str_("DMWORKER_ACCOUNT_ID")
+        token = r.str_("DMWORKER_ACCESS_TOKEN")
         if token and not default_account:
             default_account = "me"
         if default_account and token:
             accounts[default_account] = AccountConfig(default_account, token)
-        path = r.str("DMWORKER_ACCOUNTS_FILE")
+        path = r.str_("DMWORKER_ACCOUNTS_FILE")
         if path:
             for acct in _load_accounts_file(path):
                 accounts[acct.account_id] = acct
         if default_account is None and len(accounts) == 1:
             default_account = next(iter(accounts))
-        policy = r.choice("DMWORKER_WINDOW_POLICY", ("auto", "enforce", "trust"), "auto")
-        read_timeout = r.float("DMWORKER_HTTP_READ_TIMEOUT_S", 10.0)
-        lease_ms = r.int("DMWORKER_LEASE_MS", 30_000)
+        policy = r.choice_("DMWORKER_WINDOW_POLICY", ("auto", "enforce", "trust"), "auto")
+        read_timeout = r.float_("DMWORKER_HTTP_READ_TIMEOUT_S", 10.0)
+        lease_ms = r.int_("DMWORKER_LEASE_MS", 30_000)
         if lease_ms < read_timeout * 1000 * 1.5:
             raise ConfigError(
                 f"DMWORKER_LEASE_MS: expected at least 1.5 x DMWORKER_HTTP_READ_TIMEOUT_S "
                 f"({int(read_timeout * 1500)} ms), got {lease_ms}"
             )
-        tokens = tuple(t.strip() for t in (r.str("DMWORKER_API_TOKENS") or "").split(",") if t.strip())
+        tokens = tuple(t.strip() for t in (r.str_("DMWORKER_API_TOKENS") or "").split(",") if t.strip())
         return cls(
-            redis_url=r.str("DMWORKER_REDIS_URL"),
-            key_prefix=r.str("DMWORKER_KEY_PREFIX") or "dmw",
-            broker_url=r.str("DMWORKER_BROKER_URL"),
-            data_dir=r.str("DMWORKER_DATA_DIR") or str(Path.home() / ".local" / "share" / "dmworker"),
-            graph_url=(r.str("DMWORKER_GRAPH_URL") or DEFAULT_GRAPH_URL).rstrip("/"),
+            redis_url=r.str_("DMWORKER_REDIS_URL"),
+            key_prefix=r.str_("DMWORKER_KEY_PREFIX") or "dmw",
+            broker_url=r.str_("DMWORKER_BROKER_URL"),
+            data_dir=r.str_("DMWORKER_DATA_DIR") or str(Path.home() / ".local" / "share" / "dmworker"),
+            graph_url=(r.str_("DMWORKER_GRAPH_URL") or DEFAULT_GRAPH_URL).rstrip("/"),
             accounts=accounts,
             default_account=default_account,
-            http_connect_timeout_s=r.float("DMWORKER_HTTP_CONNECT_TIMEOUT_S", 3.05),
+            http_connect_timeout_s=r.float_("DMWORKER_HTTP_CONNECT_TIMEOUT_S", 3.05),
             http_read_timeout_s=read_timeout,
-            http_pool_size=r.int("DMWORKER_HTTP_POOL_SIZE", 64),
+            http_pool_size=r.int_("DMWORKER_HTTP_POOL_SIZE", 64),
             lease_ms=lease_ms,
-            dispatch_grace_ms=r.int("DMWORKER_DISPATCH_GRACE_MS", 30_000),
-            max_attempts=r.int("DMWORKER_MAX_ATTEMPTS", 8),
-            max_age_s=r.float("DMWORKER_MAX_AGE_S", 86_400.0),
-            backoff_base_ms=r.int("DMWORKER_BACKOFF_BASE_MS", 1_000),
-            backoff_cap_ms=r.int("DMWORKER_BACKOFF_CAP_MS", 300_000),
-            throttle_pause_s=r.float("DMWORKER_THROTTLE_PAUSE_S", 60.0),
-            policy_block_pause_s=r.float("DMWORKER_POLICY_BLOCK_PAUSE_S", 3_600.0),
+            dispatch_grace_ms=r.int_("DMWORKER_DISPATCH_GRACE_MS", 30_000),
+            max_attempts=r.int_("DMWORKER_MAX_ATTEMPTS", 8),
+            max_age_s=r.float_("DMWORKER_MAX_AGE_S", 86_400.0),
+            backoff_base_ms=r.int_("DMWORKER_BACKOFF_BASE_MS", 1_000),
+            backoff_cap_ms=r.int_("DMWORKER_BACKOFF_CAP_MS", 300_000),
+            throttle_pause_s=r.float_("DMWORKER_THROTTLE_PAUSE_S", 60.0),
+            policy_block_pause_s=r.float_("DMWORKER_POLICY_BLOCK_PAUSE_S", 3_600.0),
             rates=rates,
-            rate_burst=r.int("DMWORKER_RATE_BURST", 5, minimum=1),
-            usage_slowdown_pct=r.int("DMWORKER_USAGE_SLOWDOWN_PCT", 80),
-            thread_min_interval_ms=r.int("DMWORKER_THREAD_MIN_INTERVAL_MS", 0, minimum=0),
+            rate_burst=r.int_("DMWORKER_RATE_BURST", 5, minimum=1),
+            usage_slowdown_pct=r.int_("DMWORKER_USAGE_SLOWDOWN_PCT", 80),
+            thread_min_interval_ms=r.int_("DMWORKER_THREAD_MIN_INTERVAL_MS", 0, minimum=0),
             window_policy=policy,
-            retention_s=r.int("DMWORKER_RETENTION_S", 7 * 86_400),
-            scheduler_tick_ms=r.int("DMWORKER_SCHEDULER_TICK_MS", 50),
-            embedded_scheduler=r.bool("DMWORKER_EMBEDDED_SCHEDULER", True),
-            lane_batch=r.int("DMWORKER_LANE_BATCH", 50),
-            worker_concurrency=r.int("DMWORKER_WORKER_CONCURRENCY", 32),
-            worker_pool=r.choice("DMWORKER_WORKER_POOL", ("threads", "gevent", "prefork", "solo"), "threads"),
-            verify_token=r.str("DMWORKER_VERIFY_TOKEN"),
-            app_secret=r.str("DMWORKER_APP_SECRET"),
+            retention_s=r.int_("DMWORKER_RETENTION_S", 7 * 86_400),
+            scheduler_tick_ms=r.int_("DMWORKER_SCHEDULER_TICK_MS", 50),
+            embedded_scheduler=r.bool_("DMWORKER_EMBEDDED_SCHEDULER", True),
+            lane_batch=r.int_("DMWORKER_LANE_BATCH", 50),
+            worker_concurrency=r.int_("DMWORKER_WORKER_CONCURRENCY", 32),
+            worker_pool=r.choice_("DMWORKER_WORKER_POOL", ("threads", "gevent", "prefork", "solo"), "threads"),
+            verify_token=r.str_("DMWORKER_VERIFY_TOKEN"),
+            app_secret=r.str_("DMWORKER_APP_SECRET"),
             api_tokens=tokens,
-            event_task=r.str("DMWORKER_EVENT_TASK"),
-            event_queue=r.str("DMWORKER_EVENT_QUEUE") or "celery",
-            event_callback=r.str("DMWORKER_EVENT_CALLBACK"),
-            max_body_bytes=r.int("DMWORKER_MAX_BODY_BYTES", 1_048_576),
-            log_format=r.choice("DMWORKER_LOG_FORMAT", ("plain", "json"), "plain"),
-            log_level=r.choice(
+            event_task=r.str_("DMWORKER_EVENT_TASK"),
+            event_queue=r.str_("DMWORKER_EVENT_QUEUE") or "celery",
+            event_callback=r.str_("DMWORKER_EVENT_CALLBACK"),
+            max_body_bytes=r.int_("DMWORKER_MAX_BODY_BYTES", 1_048_576),
+            log_format=r.choice_("DMWORKER_LOG_FORMAT", ("plain", "json"), "plain"),
+            log_level=r.choice_(
                 "DMWORKER_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True
             ),
         )
@@ -264,12 +264,12 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
 
-    def str(self, name: str) -> str | None:
+    def str_(self, name: str) -> str | None:
         v = self.env.get(name)
         return v if v not in (None, "") else None
 
-    def int(self, name: str, default: int, minimum: int = 1) -> int:
-        v = self.str(name)
+    def int_(self, name: str, default: int, minimum: int = 1) -> int:
+        v = self.str_(name)
         if v is None:
             return default
         try:
@@ -280,8 +280,8 @@ class _Reader:
             raise ConfigError(f"{name}: expected an integer >= {minimum}, got {v!r}")
         return out
 
-    def float(self, name: str, default: float) -> float:
-        v = self.str(name)
+    def float_(self, name: str, default: float) -> float:
+        v = self.str_(name)
         if v is None:
             return default
         try:
@@ -292,8 +292,8 @@ class _Reader:
             raise ConfigError(f"{name}: expected a positive number, got {v!r}")
         return out
 
-    def bool(self, name: str, default: bool) -> bool:
-        v = self.str(name)
+    def bool_(self, name: str, default: bool) -> bool:
+        v = self.str_(name)
         if v is None:
             return default
         low = v.lower()
@@ -303,8 +303,8 @@ class _Reader:
             return False
         raise ConfigError(f"{name}: expected true or false, got {v!r}")
 
-    def choice(self, name: str, options: tuple[str, ...], default: str, upper: bool = False) -> str:
-        v = self.str(name)
+    def choice_(self, name: str, options: tuple[str, ...], default: str, upper: bool = False) -> str:
+        v = self.str_(name)
         if v is None:
             return default
         v = v.upper() if upper else v.lower()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .settings import Settings, settings_to_env
@@ -153,7 +153,7 @@ class Accounting:
         return " ".join(f"{k}={v}" for k, v in self.as_dict().items())
 
 
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.1) -> bool:
     """Poll ``predicate`` until it is true or ``timeout_s`` passes; returns its last value."""
     deadline = time.monotonic() + timeout_s
     while True:

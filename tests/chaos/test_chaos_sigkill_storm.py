@@ -29,7 +29,8 @@ from dmworker.testing import wait_until
 
 @pytest.mark.chaos
 def test_sigkill_storm_loses_nothing_and_keeps_order(settings, sandbox, rdb, procs, chaos):
-    # Given 3 worker processes, a sandbox failing 3 % of sends (5xx / transient), 120 recipients
+    # Given 3 worker processes, a Graph API answering in ~50 ms (so kills land mid-send) and failing
+    # 3 % of sends (5xx / transient), 120 recipients
     s = settings.with_overrides(max_attempts=20, rates={**settings.rates, "text": parse_rate("1000/s")})
     g = procs(s)
     workers = ["w1", "w2", "w3"]
@@ -38,13 +39,14 @@ def test_sigkill_storm_loses_nothing_and_keeps_order(settings, sandbox, rdb, pro
     recipients = [str(710000 + i) for i in range(120)]
     sandbox.open_windows(ACCOUNT, recipients)
     sandbox.set_faults(error_rate=0.03, kinds=["5xx", "transient"], seed=11)
+    sandbox.set_latency(50)
     publish = make_publisher(s)
     store = LaneStore(s, rdb)
     duration = chaos.s(20.0)
     stop = threading.Event()
-    producers = [Producer(Outbox(settings=s, client=rdb, publish=publish), recipients[i::2], 25.0, stop,
+    producers = [Producer(Outbox(settings=s, client=rdb, publish=publish), recipients[i::2], 30.0, stop,
                           name=f"producer{i}") for i in range(2)]
-    # When producers enqueue ~50 jobs/s for `duration` while a worker is SIGKILLed every ~3 s
+    # When producers enqueue ~60 jobs/s for `duration` while a worker is SIGKILLed every ~3 s
     for p in producers:
         p.start()
     rng = random.Random(5)
