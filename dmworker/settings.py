@@ -245,7 +245,9 @@ class Settings:
             embedded_scheduler=r.bool_("DMWORKER_EMBEDDED_SCHEDULER", True),
             lane_batch=r.int_("DMWORKER_LANE_BATCH", 50),
             worker_concurrency=r.int_("DMWORKER_WORKER_CONCURRENCY", 32),
-            worker_pool=r.choice_("DMWORKER_WORKER_POOL", ("threads", "gevent", "prefork", "solo"), "threads"),
+            worker_pool=r.choice_(
+                "DMWORKER_WORKER_POOL", ("threads", "gevent", "prefork", "solo"), "threads"
+            ),
             verify_token=r.str_("DMWORKER_VERIFY_TOKEN"),
             app_secret=r.str_("DMWORKER_APP_SECRET"),
             api_tokens=tokens,
