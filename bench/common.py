@@ -207,3 +207,22 @@ def loadavg() -> str:
         return " ".join(open("/proc/loadavg").read().split()[:3])
     except OSError:
         return "?"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table."""
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def ratio(a: float, b: float, digits: int = 2) -> str:
+    return f"{a / b:.{digits}f}x" if b else "n/a"
+
+
+def f0(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def f1(x: float) -> str:
+    return f"{x:,.1f}"

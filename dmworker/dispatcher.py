@@ -52,29 +52,32 @@ class Dispatcher:
         return self._accounts
 
     def tick(self, now_ms: int | None = None) -> TickResult:
-        """One pass over every account: promote, then dispatch."""
+        """One pass over every account: one pipelined round trip, then promotions where due."""
         res = TickResult()
-        r = self.store.redis
-        for account in self.accounts():
-            k = self.store.acct(account)
-            due = self.store.due_followups(account, limit=1000, now_ms=now_ms)
-            if due:
-                raw = r.hmget(k.status, due)
-                items = [(jid, json.loads(st)["r"]) for jid, st in zip(due, raw, strict=True) if st]
+        accounts = self.accounts()
+        if not accounts:
+            return res
+        pipe = self.store.redis.pipeline(transaction=False)
+        for account in accounts:
+            self.store.dispatch(account, now_ms=now_ms, pipe=pipe)
+        for account, raw in zip(accounts, pipe.execute(), strict=True):
+            d = self.store.parse_dispatch(raw)
+            res.now_ms = d.now_ms
+            if d.next_ms is not None and (res.next_due_ms is None or d.next_ms < res.next_due_ms):
+                res.next_due_ms = d.next_ms
+            for rec in d.lanes:
+                self.publish(account, rec)
+                res.published += 1
+            if d.followups:
+                sts = self.store.redis.hmget(self.store.acct(account).status, d.followups)
+                items = [(jid, json.loads(st)["r"]) for jid, st in zip(d.followups, sts, strict=True) if st]
                 n, lanes = self.store.promote(account, items, now_ms=now_ms)
                 res.promoted += n
                 for rec in lanes:
                     self.publish(account, rec)
                     res.published += 1
-            lanes, nxt, now = self.store.dispatch(account, now_ms=now_ms)
-            res.now_ms = now
-            for rec in lanes:
-                self.publish(account, rec)
-                res.published += 1
-            first = r.zrange(k.sched, 0, 0, withscores=True)
-            for cand in (nxt, int(first[0][1]) if first else None):
-                if cand is not None and (res.next_due_ms is None or cand < res.next_due_ms):
-                    res.next_due_ms = cand
+                if len(d.followups) >= 1000:
+                    res.next_due_ms = d.now_ms  # more may be due: look again at once
         return res
 
     def housekeeping(self) -> None:

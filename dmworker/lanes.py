@@ -33,6 +33,16 @@ class EnqueueResult:
 
 
 @dataclass(frozen=True)
+class DispatchResult:
+    """Lanes claimed for publishing, follow-ups due, and when to look again (ms, Redis clock)."""
+
+    now_ms: int
+    lanes: list[str]
+    followups: list[str]
+    next_ms: int | None
+
+
+@dataclass(frozen=True)
 class Step:
     """What the lane asks its holder to do next."""
 
@@ -257,21 +267,30 @@ class LaneStore:
         return Step(tag)
 
     def dispatch(
-        self, account: str, limit: int = 500, now_ms: int | None = None
-    ) -> tuple[list[str], int | None, int]:
-        """Claim due lanes: (recipients to publish, earliest remaining score, Redis now)."""
+        self, account: str, limit: int = 500, now_ms: int | None = None, pipe: Any = None
+    ) -> Any:
+        """Claim due lanes and list due follow-ups (one round trip; queued on ``pipe`` if given).
+
+        Parse the reply with :meth:`parse_dispatch`.
+        """
+        k = self.acct(account)
         reply = scripts.run(
-            self.redis,
-            "dispatch",
-            [self.acct(account).ready],
-            [self.settings.dispatch_grace_ms, limit],
-            now_ms,
+            self.redis, "dispatch", [k.ready, k.sched], [self.settings.dispatch_grace_ms, limit, 1000],
+            now_ms, pipe=pipe,
         )
-        nxt = int(reply[0])
-        return list(reply[2:]), (None if nxt < 0 else nxt), int(reply[1])
+        return reply if pipe is not None else self.parse_dispatch(reply)
+
+    @staticmethod
+    def parse_dispatch(reply: list[Any]) -> DispatchResult:
+        n = int(reply[3])
+        nxt = [int(x) for x in (reply[1], reply[2]) if int(x) >= 0]
+        return DispatchResult(
+            now_ms=int(reply[0]), lanes=list(reply[4 : 4 + n]), followups=list(reply[4 + n :]),
+            next_ms=min(nxt) if nxt else None,
+        )
 
     def due_followups(self, account: str, limit: int = 500, now_ms: int | None = None) -> list[str]:
-        """Ids of follow-ups due now (not yet claimed)."""
+        """Ids of follow-ups due now (not yet promoted)."""
         upper: Any = now_ms if now_ms is not None else self._redis_now_ms()
         return list(self.redis.zrangebyscore(self.acct(account).sched, "-inf", upper, start=0, num=limit))
 

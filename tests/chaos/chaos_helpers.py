@@ -310,6 +310,8 @@ class Report:
     duplicated_tokens: set[str]
     in_doubt: set[str]
     facts: dict[str, Any] = field(default_factory=dict)
+    acked_at: dict[str, float] = field(default_factory=dict, repr=False)  # token -> epoch s of its ack
+    lost_tokens: set[str] = field(default_factory=set)
 
     @property
     def bound(self) -> int:
@@ -352,6 +354,7 @@ def account_run(name: str, expected: Mapping[str, list[str]], sends: list[dict[s
         seen[tok] = seen.get(tok, 0) + 1
     dups = {tok for tok, n in seen.items() if n > 1}
     rep = Report(name, Accounting(expected, delivered, dead_tokens), dups, set(in_doubt), dict(facts))
+    rep.lost_tokens = {t for toks in expected.values() for t in toks if t not in seen and t not in dead_tokens}
     rep.emit()
     return rep
 
@@ -383,3 +386,82 @@ def grep_logs(log_dir: Path, needle: str) -> list[str]:
             if needle in line:
                 out.append(f"{path.name}: {line}")
     return out
+
+
+# --------------------------------------------------------------------------- Redis fault runs
+@dataclass
+class FaultWindow:
+    """What a fault did: wall-clock times (epoch s) and anything worth printing."""
+
+    t_pre: float = 0.0       # just before the fault began (the pre-fault read of sends in flight)
+    t_fault: float = 0.0     # the signal that started the fault
+    t_back: float = 0.0      # Redis answers again
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def run_with_redis_fault(
+    name: str, *, s: Settings, srv: RedisServer, sandbox: Any, g: Any, account: str,
+    recipients: list[str], fault: Callable[[FaultWindow], None], before_s: float, after_s: float,
+    rate_per_s: float = 40.0, extra_producers: Iterable[Producer] = (), drain_s: float = 90.0,
+) -> tuple[Report, list[Producer], FaultWindow]:
+    """Producers (dmworker's own Redis client, as ``Outbox(settings=s)`` builds it) enqueue for
+    ``before_s``; ``fault`` breaks Redis and brings it back; producers go on for ``after_s``; then
+    every accepted job must reach a final state with the same worker processes (none restarted).
+    """
+    from dmworker.lanes import LaneStore
+
+    publish = make_publisher(s)
+    stop = threading.Event()
+    own = [Producer(Outbox(settings=s, publish=publish), recipients[i::2], rate_per_s / 2, stop,
+                    name=f"producer{i}") for i in range(2)]
+    producers = own + list(extra_producers)
+    for p in producers:
+        p.start()
+    time.sleep(before_s)
+    reader = srv.client(socket_timeout=5)
+    w = FaultWindow()
+    w.t_pre = time.time()
+    pre = sending_ids(reader, s, account)
+    fault(w)
+    reader = srv.client(socket_timeout=5)
+    post = sending_ids(reader, s, account)
+    worker_pids = {n: p.pid for n, p in g.procs.items()}
+    time.sleep(after_s)
+    stop.set()
+    for p in producers:
+        p.join(60)
+    expected, ids, acked = merge(producers)
+    job_ids = list(ids.values())
+    done = wait_until_true(lambda: all_final(reader, s, account, job_ids), drain_s)
+    assert done, (f"{name}: not every accepted job finished: {pending_summary(reader, s, account, job_ids)}"
+                  "\n" + "\n".join(g.log_tail(n, 15) for n in g.procs))
+    assert {n: p.pid for n, p in g.procs.items()} == worker_pids, "a worker process was replaced"
+    assert all(p.poll() is None for p in g.procs.values()), "a worker process died"
+    time.sleep(0.5)
+    sends = sandbox.sends(account)
+    id_to_token = {v: k for k, v in ids.items()}
+    in_doubt = tokens_of(pre | post, id_to_token) | sends_between(sends, w.t_pre * 1000, w.t_back * 1000 + 500)
+    store = LaneStore(s, reader)
+    errors = [e for p in producers for e in p.errors]
+    rep = account_run(
+        name, expected, sends, tokens_of(dead_ids(store, account), id_to_token), in_doubt,
+        producer_errors=len(errors), ghosts=sum(len(p.ghosts) for p in producers),
+        max_enqueue_s=round(max(p.max_call_s for p in producers), 2),
+        outage_s=round(w.t_back - w.t_fault, 1), **w.facts,
+    )
+    rep.acked_at = acked
+    return rep, producers, w
+
+
+def wait_until_true(pred: Callable[[], bool], timeout_s: float, interval_s: float = 0.5) -> bool:
+    """``wait_until`` that treats a Redis error of the predicate as "not yet"."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if pred():
+                return True
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval_s)
