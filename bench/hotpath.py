@@ -6,6 +6,7 @@ and the cost of single hot-path pieces measured in isolation.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ import common as c
 import redis
 from dmworker import scripts
 from dmworker.graph.client import InstagramClient
+from dmworker.outbox import Outbox
 from dmworker.schemas import load_job
 from workers import Group, backlog, timed_run
 
@@ -167,7 +169,7 @@ def analyse(path: str) -> dict[str, Any]:
     return {"samples": total, "components": comps, "self": top}
 
 
-def micro(sandbox: Any, quick: bool) -> dict[str, float]:
+def micro(sandbox: Any, settings: Any, quick: bool) -> dict[str, float]:
     """Single-thread costs (us per call) of hot-path pieces, in this process."""
     n = 300 if quick else 1500
     out: dict[str, float] = {}
@@ -184,11 +186,7 @@ def micro(sandbox: Any, quick: bool) -> dict[str, float]:
             client.messaging.send_text("700000001", "hello")
         out[f"post_trust_env_{trust}"] = (time.perf_counter() - t) / n * 1e6
     client.close()
-    job = ('{"v":1,"id":"%s.0190a1b2c3d40001a1b2c3d4e5","account":"%s","recipient":"700000001",'
-           '"kind":"text","args":{"text":"hello","human_agent":false,"reply_to":null},"created_ms":1,'
-           '"due_ms":null,"key":null,"cancel_on_reply":false,"idem":null,"seq":null}') % (c.ACCOUNT, c.ACCOUNT)
-    import json
-
+    job = Outbox(settings=settings, client=c.rdb())._prepare("text", "700000001", {"text": "hello"}, {}).jobs[0][1]
     for name, fn in (("load_job", lambda: load_job(job)), ("json_loads", lambda: json.loads(job))):
         fn()
         t = time.perf_counter()

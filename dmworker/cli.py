@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 COMMANDS = (
+    "bulk",
     "worker",
     "scheduler",
     "web",
@@ -106,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("action", nargs="?", choices=("show", "resume"), default="show")
     a.add_argument("account", nargs="?")
     a.add_argument("--json", action="store_true")
+
+    bulk = sub.add_parser("bulk", help="queue many jobs from a JSON-lines file, with a progress bar")
+    bulk.add_argument("file", help="one job per line: {\"kind\": \"text\", \"recipient\": ..., ...}; - = stdin")
 
     cv = sub.add_parser("conversations", help="read side: list conversations, read messages")
     cv.add_argument("action", choices=("list", "messages"))
@@ -227,6 +231,18 @@ def _dispatch(ns: argparse.Namespace) -> int:
             opts["cancel_on_reply"] = True
         job = Outbox().submit(kind, ns.recipient, send_kwargs, **opts)
         _print({"id": job.id, "ids": job.ids, "duplicate": job.duplicate})
+        return 0
+    if cmd == "bulk":
+        from .outbox import Outbox
+
+        stream = sys.stdin if ns.file == "-" else open(ns.file)  # noqa: SIM115 - closed below
+        try:
+            items = [json.loads(line) for line in stream if line.strip()]
+        finally:
+            if stream is not sys.stdin:
+                stream.close()
+        jobs = Outbox().send_many(items, progress=True)
+        print(f"queued {len(jobs)} jobs ({sum(j.duplicate for j in jobs)} already known by idempotency key)")
         return 0
     if cmd == "status":
         from .outbox import Outbox

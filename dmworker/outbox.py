@@ -15,6 +15,7 @@ second send), ``delay=``/``at=`` (a follow-up), ``key=``/``replace=`` (name a fo
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -178,11 +179,12 @@ class Outbox:
         """Validate and queue ordered ``steps`` (``[{"kind": "typing", "seconds": 2}, ...]``)."""
         return self._commit([self._prepare("sequence", recipient, {"steps": list(steps)}, opts)])[0]
 
-    def send_many(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
+    def send_many(self, items: Iterable[Mapping[str, Any]], progress: bool = False) -> list[Job]:
         """Queue many jobs in pipelined round trips; every item is validated before any is queued.
 
         Each item is ``{"kind": ..., "recipient": ..., <args>, [account, delay, at, key, replace,
-        cancel_on_reply, idempotency_key]}``; ``kind: "sequence"`` takes ``steps``.
+        cancel_on_reply, idempotency_key]}``; ``kind: "sequence"`` takes ``steps``.  ``progress``
+        shows a progress bar on stderr.
 
         Raises:
             ValidationError: ``messages`` keyed ``"<index>.<field>"``; nothing was queued.
@@ -206,8 +208,17 @@ class Outbox:
         if errors:
             raise ValidationError(errors)
         out: list[Job] = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(prepared), desc="queued", unit="job", file=sys.stderr)
         for start in range(0, len(prepared), 500):
             out += self._commit(prepared[start : start + 500])
+            if bar is not None:
+                bar.update(len(prepared[start : start + 500]))
+        if bar is not None:
+            bar.close()
         return out
 
     # ------------------------------------------------------------------ reading and control

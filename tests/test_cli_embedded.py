@@ -122,3 +122,18 @@ def test_conversations_read_side_from_the_command_line(settings, sandbox, tmp_pa
     assert len(rows) == 2 and all(r[0] for r in rows)
     msgs = _cli(env, "conversations", "messages", rows[0][0])
     assert msgs.returncode == 0 and "hello from" in msgs.stdout
+
+
+def test_bulk_from_a_json_lines_file_shows_progress(settings, tmp_path, rdb):
+    env = {**os.environ, **settings_to_env(settings, str(tmp_path / "accounts.json"))}
+    env["DMWORKER_ACCOUNT_ID"] = ACCOUNT
+    f = tmp_path / "jobs.jsonl"
+    f.write_text("\n".join(json.dumps({"kind": "text", "recipient": str(5570000 + i), "text": f"hi {i}",
+                                       "delay": 3600}) for i in range(1200)))
+    out = _cli(env, "bulk", str(f))
+    assert out.returncode == 0, out.stderr
+    assert "queued 1200 jobs" in out.stdout and "1200/1200" in out.stderr  # the progress bar
+    assert rdb.zcard(f"{settings.key_prefix}:{{{ACCOUNT}}}:sched") == 1200
+    f.write_text(json.dumps({"kind": "text", "recipient": "5579999", "text": ""}))
+    bad = _cli(env, "bulk", str(f))
+    assert bad.returncode == 2 and "0.text" in bad.stderr
