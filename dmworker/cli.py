@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true")
 
     bulk = sub.add_parser("bulk", help="queue many jobs from a JSON-lines file, with a progress bar")
-    bulk.add_argument("file", help="one job per line: {\"kind\": \"text\", \"recipient\": ..., ...}; - = stdin")
+    bulk.add_argument("file", help="one JSON job per line (as for POST /v1/messages); - = stdin")
 
     cv = sub.add_parser("conversations", help="read side: list conversations, read messages")
     cv.add_argument("action", choices=("list", "messages"))

@@ -266,17 +266,19 @@ class LaneStore:
             return Step("wait", until_ms=int(reply[1]), why=reply[2])
         return Step(tag)
 
-    def dispatch(
-        self, account: str, limit: int = 500, now_ms: int | None = None, pipe: Any = None
-    ) -> Any:
+    def dispatch(self, account: str, limit: int = 500, now_ms: int | None = None, pipe: Any = None) -> Any:
         """Claim due lanes and list due follow-ups (one round trip; queued on ``pipe`` if given).
 
         Parse the reply with :meth:`parse_dispatch`.
         """
         k = self.acct(account)
         reply = scripts.run(
-            self.redis, "dispatch", [k.ready, k.sched], [self.settings.dispatch_grace_ms, limit, 1000],
-            now_ms, pipe=pipe,
+            self.redis,
+            "dispatch",
+            [k.ready, k.sched],
+            [self.settings.dispatch_grace_ms, limit, 1000],
+            now_ms,
+            pipe=pipe,
         )
         return reply if pipe is not None else self.parse_dispatch(reply)
 
@@ -285,7 +287,9 @@ class LaneStore:
         n = int(reply[3])
         nxt = [int(x) for x in (reply[1], reply[2]) if int(x) >= 0]
         return DispatchResult(
-            now_ms=int(reply[0]), lanes=list(reply[4 : 4 + n]), followups=list(reply[4 + n :]),
+            now_ms=int(reply[0]),
+            lanes=list(reply[4 : 4 + n]),
+            followups=list(reply[4 + n :]),
             next_ms=min(nxt) if nxt else None,
         )
 

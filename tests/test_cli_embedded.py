@@ -128,8 +128,12 @@ def test_bulk_from_a_json_lines_file_shows_progress(settings, tmp_path, rdb):
     env = {**os.environ, **settings_to_env(settings, str(tmp_path / "accounts.json"))}
     env["DMWORKER_ACCOUNT_ID"] = ACCOUNT
     f = tmp_path / "jobs.jsonl"
-    f.write_text("\n".join(json.dumps({"kind": "text", "recipient": str(5570000 + i), "text": f"hi {i}",
-                                       "delay": 3600}) for i in range(1200)))
+    f.write_text(
+        "\n".join(
+            json.dumps({"kind": "text", "recipient": str(5570000 + i), "text": f"hi {i}", "delay": 3600})
+            for i in range(1200)
+        )
+    )
     out = _cli(env, "bulk", str(f))
     assert out.returncode == 0, out.stderr
     assert "queued 1200 jobs" in out.stdout and "1200/1200" in out.stderr  # the progress bar

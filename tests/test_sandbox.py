@@ -503,13 +503,15 @@ def test_sandbox_process_survives_kill_and_restarts_on_the_same_port() -> None:
         assert port > 0 and proc.url == f"http://127.0.0.1:{port}"
         with requests.Session() as http:
             proc.control.open_window(ACCOUNT, USER)
+
             def send():
                 return http.post(
-                            f"{proc.url}/v25.0/me/messages",
-                            json=text(),
-                            headers={"Authorization": f"Bearer {TOKEN}"},
-                            timeout=5,
-                        )
+                    f"{proc.url}/v25.0/me/messages",
+                    json=text(),
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                    timeout=5,
+                )
+
             assert send().status_code == 200
             proc.kill()
             with pytest.raises(requests.ConnectionError):
