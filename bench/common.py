@@ -95,8 +95,11 @@ def start_sandbox(n_accounts: int = 1, latency_ms: float = 0.0) -> SandboxProces
 
 
 def make_settings(prefix: str, sandbox: SandboxProcess, n_accounts: int = 1, rate: str = "100000/s",
-                  **over: Any) -> Settings:
-    accts = {a: AccountConfig(a, t) for t, a in accounts(n_accounts).items()}
+                  account_rates: dict[str, str] | None = None, **over: Any) -> Settings:
+    """Settings for ``n_accounts`` bench accounts on the sandbox; ``account_rates``: per-account text rates."""
+    per = account_rates or {}
+    accts = {a: AccountConfig(a, t, rates={"text": parse_rate(per[a])} if a in per else {})
+             for t, a in accounts(n_accounts).items()}
     base = Settings.from_env({})
     return base.with_overrides(
         redis_url=REDIS_URL, key_prefix=prefix, graph_url=sandbox.url + "/v25.0", accounts=accts,

@@ -331,7 +331,7 @@ def test_examples_from_the_brief() -> None:
         "reaction": "love",
     }
     assert validate_send("like_heart", IGSID, {}) == {}
-    assert validate_send("mark_seen", IGSID, None) == {}  # type: ignore[arg-type]
+    assert validate_send("mark_seen", IGSID, None) == {}
     assert validate_send("private_reply", "17858893269000001", {"text": "thanks!"}) == {"text": "thanks!"}
     assert validate_send("text", IGSID, MappingProxyType({"text": "hi"}))["text"] == "hi"
     assert (

@@ -82,9 +82,9 @@ def validate_send(kind: str, recipient: str, args: Mapping[str, Any] | None) -> 
     if not bad_kind:
         normalized, arg_errors = load_args(kind, args)
         errors.update(arg_errors)
-    if errors or normalized is None:
-        raise ValidationError(errors or {"args": ["invalid"]})
-    return normalized
+    if errors:
+        raise ValidationError(errors)
+    return normalized or {}  # None only together with errors
 
 
 def validate_sequence(recipient: str, steps: list[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:

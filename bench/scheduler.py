@@ -1,0 +1,111 @@
+"""Figure 6: follow-ups. Redis memory per scheduled follow-up (``INFO memory`` used_memory before
+and after scheduling N through pipelined ``Outbox.send_many(delay=...)``) beside the memory of a
+Celery countdown message on the same broker, and promotions per second (``Dispatcher.tick`` with an
+injected clock, ``publish`` a no-op) beside a plain Redis move (ZPOPMIN + one RPUSH per item).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from typing import Any
+
+import common as c
+from dmworker.dispatcher import Dispatcher
+from dmworker.lanes import LaneStore
+from dmworker.outbox import Outbox
+
+RECIPIENTS = 10_000
+CHUNK = 10_000
+
+
+def _schedule(args: tuple[Any, int, int]) -> int:
+    settings, start, stop = args
+    ob = Outbox(settings=settings, client=c.rdb(), publish=lambda a, r: None)
+    for lo in range(start, stop, CHUNK):
+        ob.send_many([{"kind": "text", "recipient": str(700000000 + i % RECIPIENTS),
+                       "text": f"Still there? Reply to keep the conversation going ({i})",
+                       "delay": 3600 + i % 600} for i in range(lo, min(stop, lo + CHUNK))])
+    return stop - start
+
+
+def _used(r: Any) -> int:
+    return int(r.info("memory")["used_memory"])
+
+
+def run(sandbox: Any, quick: bool, producers: int = 2) -> dict[str, Any]:
+    n = 100_000 if quick else 1_000_000
+    n_celery = 20_000 if quick else 100_000
+    n_promote = 50_000 if quick else 200_000
+    prefix = c.new_prefix("s")
+    r = c.rdb()
+    s = c.make_settings(prefix, sandbox)
+    out: dict[str, Any] = {"n": n, "n_celery": n_celery}
+    try:
+        # Celery's countdown messages (the baseline): what the same broker holds per message
+        app = c.producer_app(prefix, s)
+        m0 = _used(r)
+        t = time.perf_counter()
+        with app.producer_or_acquire() as producer:
+            for i in range(n_celery):
+                app.send_task("bench.followup", (c.ACCOUNT, str(700000000 + i % RECIPIENTS),
+                                                 f"Still there? Reply to keep the conversation going ({i})"),
+                              countdown=3600 + i % 600, queue=f"{prefix}.eta", producer=producer)
+        out["celery_s"] = time.perf_counter() - t
+        out["celery_bytes"] = (_used(r) - m0) / n_celery
+        r.unlink(c.queue_key(prefix, f"{prefix}.eta"))
+        c.say(f"  Celery countdown message: {out['celery_bytes']:.0f} bytes each ({n_celery:,})")
+        # dmworker follow-ups
+        Outbox(settings=s, client=r, publish=lambda a, rr: None).send_text("1", "register", delay=3600)
+        m0 = _used(r)
+        step = -(-n // producers)
+        parts = [(s, lo, min(n, lo + step)) for lo in range(0, n, step)]
+        t = time.perf_counter()
+        with mp.get_context("fork").Pool(len(parts)) as pool:
+            done = sum(pool.map(_schedule, parts))
+        out["schedule_s"] = time.perf_counter() - t
+        out["bytes"] = (_used(r) - m0) / done
+        c.say(f"  {done:,} follow-ups scheduled in {out['schedule_s']:.1f} s ({producers} producers): "
+              f"{out['bytes']:.0f} bytes each")
+        # promotions: a backlog all due (the clock is injected 30 days ahead)
+        store = LaneStore(s, r)
+        disp = Dispatcher(store, lambda a, rr: None)
+        future = int(time.time() * 1000) + 30 * 86_400_000
+        promoted, t = 0, time.perf_counter()
+        while promoted < n_promote:
+            got = disp.tick(now_ms=future).promoted
+            if not got:
+                break
+            promoted += got
+        out["promote_rate"] = promoted / (time.perf_counter() - t)
+        c.say(f"  promoted {promoted:,} at {out['promote_rate']:,.0f}/s (Dispatcher.tick)")
+        sched = store.acct(c.ACCOUNT).sched
+        moved, t = 0, time.perf_counter()
+        while moved < n_promote:
+            ids = [m for m, _ in r.zpopmin(sched, 1000)]
+            if not ids:
+                break
+            pipe = r.pipeline(transaction=False)
+            for jid in ids:
+                pipe.rpush(f"{prefix}:raw:lane:{hash(jid) % RECIPIENTS}", jid)
+            pipe.execute()
+            moved += len(ids)
+        out["raw_rate"] = moved / (time.perf_counter() - t)
+        c.say(f"  plain Redis move: {out['raw_rate']:,.0f}/s")
+    finally:
+        c.cleanup(r, prefix)
+    return out
+
+
+def section(res: dict[str, Any]) -> str:
+    rows = [
+        [f"Redis memory per scheduled follow-up ({res['n']:,} scheduled)", f"{res['bytes']:.0f} B",
+         f"{res['celery_bytes']:.0f} B (Celery countdown message, {res['n_celery']:,})",
+         c.ratio(res["bytes"], res["celery_bytes"])],
+        ["promotions/s (Dispatcher.tick, 1000 per tick)", c.f0(res["promote_rate"]),
+         f"{c.f0(res['raw_rate'])} (ZPOPMIN + RPUSH, not atomic, no status)",
+         c.ratio(res["promote_rate"], res["raw_rate"])],
+        ["scheduling rate (send_many, 2 producer processes)", f"{c.f0(res['n'] / res['schedule_s'])}/s",
+         f"{c.f0(res['n_celery'] / res['celery_s'])}/s (apply_async countdown, 1 process)", ""],
+    ]
+    return c.table(["figure", "dmworker", "baseline", "ratio"], rows)
