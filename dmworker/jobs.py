@@ -128,3 +128,30 @@ class JobStatus:
 
 def _int(v: Any) -> int | None:
     return None if v is None else int(v)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A handle on an accepted job (``ids`` has every step of a sequence; ``id`` is the first)."""
+
+    id: str
+    ids: tuple[str, ...]
+    account: str
+    recipient: str
+    due_ms: int | None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class WindowInfo:
+    """The messaging window of one user.  Times are epoch milliseconds (Redis clock)."""
+
+    recipient: str
+    open: bool
+    last_user_message_ms: int | None
+    closes_at_ms: int | None
+    human_agent_open: bool
+    human_agent_closes_at_ms: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
