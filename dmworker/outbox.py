@@ -14,7 +14,6 @@ second send), ``delay=``/``at=`` (a follow-up), ``key=``/``replace=`` (name a fo
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -30,7 +29,6 @@ from .sequence import SequenceBuilder
 from .service import HUMAN_AGENT_WINDOW_MS, WINDOW_MS
 
 Delay = timedelta | float | int
-log = logging.getLogger("dmworker.outbox")
 
 
 class Outbox(Enqueuer):
