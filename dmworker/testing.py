@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from .settings import Settings, settings_to_env
+from .settings import RATE_CLASSES, Settings
 
 
 class ProcessGroup:
@@ -161,3 +162,64 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, interval_s: fl
         if ok or time.monotonic() > deadline:
             return bool(ok)
         time.sleep(interval_s)
+
+
+def settings_to_env(settings: Settings, accounts_file: str) -> dict[str, str]:
+    """Environment variables that rebuild ``settings`` in another process (tests, the demo).
+
+    The tokens go to ``accounts_file`` (a JSON accounts file, mode 0600), never to the environment.
+    """
+    Path(accounts_file).write_text(
+        json.dumps(
+            {
+                a.account_id: {
+                    "access_token": a.access_token,
+                    **({"graph_url": a.graph_url} if a.graph_url else {}),
+                    **({"rates": {k: str(v) for k, v in a.rates.items()}} if a.rates else {}),
+                    **({"burst": a.burst} if a.burst is not None else {}),
+                }
+                for a in settings.accounts.values()
+            }
+        )
+    )
+    os.chmod(accounts_file, 0o600)
+    s = settings
+    env = {
+        "DMWORKER_KEY_PREFIX": s.key_prefix,
+        "DMWORKER_DATA_DIR": s.data_dir,
+        "DMWORKER_GRAPH_URL": s.graph_url,
+        "DMWORKER_ACCOUNTS_FILE": accounts_file,
+        "DMWORKER_HTTP_CONNECT_TIMEOUT_S": str(s.http_connect_timeout_s),
+        "DMWORKER_HTTP_READ_TIMEOUT_S": str(s.http_read_timeout_s),
+        "DMWORKER_HTTP_POOL_SIZE": str(s.http_pool_size),
+        "DMWORKER_LEASE_MS": str(s.lease_ms),
+        "DMWORKER_DISPATCH_GRACE_MS": str(s.dispatch_grace_ms),
+        "DMWORKER_MAX_ATTEMPTS": str(s.max_attempts),
+        "DMWORKER_MAX_AGE_S": str(s.max_age_s),
+        "DMWORKER_BACKOFF_BASE_MS": str(s.backoff_base_ms),
+        "DMWORKER_BACKOFF_CAP_MS": str(s.backoff_cap_ms),
+        "DMWORKER_THROTTLE_PAUSE_S": str(s.throttle_pause_s),
+        "DMWORKER_POLICY_BLOCK_PAUSE_S": str(s.policy_block_pause_s),
+        "DMWORKER_RATE_BURST": str(s.rate_burst),
+        "DMWORKER_USAGE_SLOWDOWN_PCT": str(s.usage_slowdown_pct),
+        "DMWORKER_THREAD_MIN_INTERVAL_MS": str(s.thread_min_interval_ms),
+        "DMWORKER_WINDOW_POLICY": s.window_policy,
+        "DMWORKER_RETENTION_S": str(s.retention_s),
+        "DMWORKER_SCHEDULER_TICK_MS": str(s.scheduler_tick_ms),
+        "DMWORKER_EMBEDDED_SCHEDULER": "true" if s.embedded_scheduler else "false",
+        "DMWORKER_LANE_BATCH": str(s.lane_batch),
+        "DMWORKER_WORKER_CONCURRENCY": str(s.worker_concurrency),
+        "DMWORKER_WORKER_POOL": s.worker_pool,
+        "DMWORKER_LOG_FORMAT": s.log_format,
+        "DMWORKER_LOG_LEVEL": s.log_level,
+    }
+    for k in RATE_CLASSES:
+        env[f"DMWORKER_RATE_{k.upper()}"] = str(s.rates[k])
+    for name, value in (
+        ("DMWORKER_REDIS_URL", s.redis_url),
+        ("DMWORKER_BROKER_URL", s.broker_url),
+        ("DMWORKER_ACCOUNT_ID", s.default_account),
+    ):
+        if value:
+            env[name] = value
+    return env

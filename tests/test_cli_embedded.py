@@ -13,7 +13,7 @@ from conftest import ACCOUNT
 
 from dmworker.cli import COMMANDS, build_parser
 from dmworker.redisconn import ensure_embedded, stop_embedded
-from dmworker.settings import settings_to_env
+from dmworker.testing import settings_to_env
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -134,7 +134,7 @@ def test_the_plain_celery_command_runs_dmworkers_app(settings, sandbox, rdb, tmp
     import subprocess
     import sys
 
-    from dmworker.settings import settings_to_env
+    from dmworker.testing import settings_to_env
 
     env = {**os.environ, **settings_to_env(settings, str(tmp_path / "accounts.json"))}
     log = open(tmp_path / "celery.log", "wb")  # noqa: SIM115
