@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import scripts
 from .lanes import LaneStore
 
 log = logging.getLogger("dmworker.dispatcher")
@@ -57,10 +58,12 @@ class Dispatcher:
         accounts = self.accounts()
         if not accounts:
             return res
-        pipe = self.store.redis.pipeline(transaction=False)
-        for account in accounts:
-            self.store.dispatch(account, now_ms=now_ms, pipe=pipe)
-        for account, raw in zip(accounts, pipe.execute(), strict=True):
+
+        def build(pipe: Any) -> None:
+            for account in accounts:
+                self.store.dispatch(account, now_ms=now_ms, pipe=pipe)
+
+        for account, raw in zip(accounts, scripts.execute_pipeline(self.store.redis, build), strict=True):
             d = self.store.parse_dispatch(raw)
             res.now_ms = d.now_ms
             if d.next_ms is not None and (res.next_due_ms is None or d.next_ms < res.next_due_ms):

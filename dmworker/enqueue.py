@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from . import scripts
 from .due import due_ms, iso, now_ms
 from .errors import RedisUnavailableError, ValidationError, WindowClosedError
 from .jobs import Job, new_job_id
@@ -125,7 +126,7 @@ class Enqueuer:
             pipe.hget(k.followup_keys, p.opts.get("key") or "")
         try:
             out = pipe.execute()
-        except redis.RedisError as e:
+        except (redis.ConnectionError, redis.TimeoutError) as e:
             raise RedisUnavailableError(f"Redis is unreachable; nothing was queued: {e}") from None
         now = int(out[0][0]) * 1000 + int(out[0][1]) // 1000
         errors: dict[str, list[str]] = {}
@@ -157,9 +158,9 @@ class Enqueuer:
     def _commit(self, prepared: Sequence[_Prepared]) -> list[Job]:
         if len(prepared) > 1:
             self._precheck_batch(prepared)
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            new_accounts = {p.account for p in prepared} - self._known_accounts
+        new_accounts = {p.account for p in prepared} - self._known_accounts
+
+        def build(pipe: Any) -> None:
             if new_accounts:
                 pipe.sadd(self.store.keys.accounts, *new_accounts)
             for p in prepared:
@@ -177,8 +178,10 @@ class Enqueuer:
                     window_limit_ms=p.window_limit_ms,
                     pipe=pipe,
                 )
-            replies = pipe.execute(raise_on_error=True)
-        except redis.RedisError as e:
+
+        try:
+            replies = scripts.execute_pipeline(self.redis, build)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
             raise RedisUnavailableError(f"Redis is unreachable; nothing was queued: {e}") from None
         self._known_accounts |= new_accounts
         replies = replies[1:] if new_accounts else replies

@@ -170,7 +170,7 @@ class Outbox(Enqueuer):
         k = self.store.acct(account)
         try:
             st, job = self.redis.hmget(k.status, job_id), self.redis.hget(k.jobs, job_id)
-        except redis.RedisError as e:
+        except (redis.ConnectionError, redis.TimeoutError) as e:
             raise RedisUnavailableError(f"Redis is unreachable: {e}") from None
         if not st or st[0] is None:
             raise JobNotFoundError(job_id)
@@ -192,7 +192,7 @@ class Outbox(Enqueuer):
         acct = account_of_job(job_id) if job_id else self._account(account)
         try:
             tag, _jid, _ = self.store.cancel(acct, job_id=job_id, key=key)
-        except redis.RedisError as e:
+        except (redis.ConnectionError, redis.TimeoutError) as e:
             raise RedisUnavailableError(f"Redis is unreachable: {e}") from None
         if tag == "notfound":
             raise JobNotFoundError(job_id or f"key={key}")
@@ -204,7 +204,7 @@ class Outbox(Enqueuer):
         try:
             last = self.redis.hget(self.store.acct(acct).windows, recipient)
             sec, usec = self.redis.time()
-        except redis.RedisError as e:
+        except (redis.ConnectionError, redis.TimeoutError) as e:
             raise RedisUnavailableError(f"Redis is unreachable: {e}") from None
         now = int(sec) * 1000 + int(usec) // 1000
         if last is None:

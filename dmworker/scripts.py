@@ -8,12 +8,14 @@ script starts with the ``_now.lua`` prelude: ``ARGV[1]`` is an injected clock in
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 NAMES = ("enqueue", "step", "dispatch", "promote", "cancel", "inbound", "replay", "trim", "limit")
 
@@ -55,5 +57,33 @@ def run(
     argv = ["" if now_ms is None else str(int(now_ms)), *args]
     script = scripts(client)[name]
     if pipe is not None:
-        return script(keys=keys, args=argv, client=pipe)
+        # a bare EVALSHA: redis-py's Script on a pipeline adds a SCRIPT EXISTS round trip per execute;
+        # execute_pipeline() loads the scripts and runs the pipeline again on NOSCRIPT instead
+        return pipe.evalsha(script.sha, len(keys), *keys, *argv)
     return script(keys=keys, args=argv)
+
+
+def load_all(client: redis.Redis) -> None:
+    """Load every script into Redis (after a restart or a SCRIPT FLUSH)."""
+    pipe = client.pipeline(transaction=False)
+    for name in NAMES:
+        pipe.script_load(source(name))
+    pipe.execute()
+
+
+def execute_pipeline(client: redis.Redis, build: Callable[[Any], None]) -> list[Any]:
+    """Build a non-transactional pipeline with ``build(pipe)`` and run it in one round trip.
+
+    On NOSCRIPT (Redis restarted, scripts flushed) nothing of the scripts ran: load them and run the
+    pipeline once more (every dmworker script call is safe to repeat after a NOSCRIPT).
+    """
+    for attempt in (0, 1):
+        pipe = client.pipeline(transaction=False)
+        build(pipe)
+        try:
+            return list(pipe.execute())
+        except NoScriptError:
+            if attempt:
+                raise
+            load_all(client)
+    raise AssertionError("unreachable")

@@ -385,6 +385,14 @@ def known_settings() -> set[str]:
     return names
 
 
+def suite_knobs() -> set[str]:
+    """The test suite's own variables (DMWORKER_TEST_*, DMWORKER_CHAOS_*), which docs may describe."""
+    names: set[str] = set()
+    for path in [*(ROOT / "tests").rglob("conftest.py"), *(ROOT / "tests" / "chaos").glob("*.py")]:
+        names |= set(re.findall(r"[\"'](DMWORKER_(?:TEST|CHAOS)_[A-Z0-9_]*[A-Z0-9])[\"']", path.read_text()))
+    return names
+
+
 def yaml_docs(name: str) -> list[dict[str, Any]]:
     return load_yaml(K8S / name)
 
@@ -685,7 +693,7 @@ def test_every_celery_names_the_dmworker_app() -> None:
 
 # =========================================================================== tests: settings
 def test_every_mentioned_setting_exists() -> None:
-    known = known_settings()
+    known = known_settings() | suite_knobs()
     files = [*deploy_files(), PROCFILE, *sorted(DOCS.glob("*.md"))]
     for path in files:
         unknown = set(SETTING_NAME.findall(path.read_text())) - known
