@@ -15,9 +15,9 @@ expected JSON) raises a :class:`~dmworker.graph.errors.GraphError` subclass.
 from __future__ import annotations
 
 import http.cookiejar
-import os
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
