@@ -11,6 +11,7 @@ log line or to an error message (``repr`` of an :class:`AccountConfig` hides the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -72,6 +73,7 @@ def parse_rate(value: str, name: str = "rate") -> Rate:
     return Rate(count=count, period_s=float(_PERIOD_S[m.group(3)] * mult))
 
 
+@functools.lru_cache(maxsize=256)
 def token_fingerprint(token: str) -> str:
     """A short, non-reversible fingerprint of a token (safe to store and log)."""
     return hashlib.sha256(token.encode()).hexdigest()[:12]
