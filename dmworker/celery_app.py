@@ -25,6 +25,49 @@ log = logging.getLogger("dmworker.celery")
 app = Celery("dmworker", set_as_current=False)
 
 
+def _guard_kombu_closed_channel() -> None:
+    """Keep a worker alive through a Redis restart (a kombu 5.x bug on the Redis transport).
+
+    When the broker connection drops, Celery collects the connection (the channel's ``connection``
+    becomes None) and reconnects on a new channel.  Late acks of tasks that were running on the old
+    channel, and its QoS putting unacked messages back, then try to build a Redis client from that
+    None: ``AttributeError: 'NoneType' object has no attribute 'client'`` (or ``'hostname'``) aborts
+    the worker instead of letting it go on.  Those messages are still in Redis' unacked hash (kombu
+    restores them after the visibility timeout) and, for dmworker, are only hints: the dispatcher
+    re-publishes every lane whose lease or grace has passed.  So dropping the ack or restore of a
+    dead channel is safe.
+    """
+    try:
+        from kombu.transport import redis as kombu_redis
+    except ImportError:  # kombu without its Redis transport: nothing to guard
+        return
+    qos: Any = kombu_redis.QoS
+    for name in ("ack", "reject", "restore_unacked"):
+        original = getattr(qos, name)
+        if getattr(original, "_dmworker_guard", False):
+            continue
+
+        def guarded(self: Any, *args: Any, _original: Any = original, _name: str = name, **kw: Any) -> Any:
+            try:
+                return _original(self, *args, **kw)
+            except AttributeError:
+                transport = getattr(self.channel, "connection", None)
+                if transport is not None and getattr(transport, "client", None) is not None:
+                    raise  # a live channel: not the bug this guards against
+                log.warning(
+                    "broker connection was lost: %s of a lane message on the old channel skipped "
+                    "(the message stays in Redis; the dispatcher re-publishes its lane)",
+                    _name,
+                )
+                return None
+
+        guarded._dmworker_guard = True  # type: ignore[attr-defined]
+        setattr(qos, name, guarded)
+
+
+_guard_kombu_closed_channel()
+
+
 def celery_config() -> dict[str, Any]:
     """The Celery settings dmworker needs, built from the process's settings."""
     settings = get_runtime().settings

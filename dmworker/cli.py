@@ -192,8 +192,8 @@ def _dispatch(ns: argparse.Namespace) -> int:
 
         setup_logging(get_runtime().settings)
         args = [a for a in ns.celery_args if a != "--"]
-        app.worker_main(["worker", *args])
-        return 0
+        # app.start (not worker_main) hands back Celery's exit code, so a supervisor sees a crash
+        return int(app.start(["worker", *args]) or 0)
     if cmd == "scheduler":
         return _run_scheduler(ns.tick_ms)
     if cmd == "web":

@@ -123,6 +123,8 @@ class Outbox(Enqueuer):
 
         Raises:
             ValidationError: ``messages`` keyed ``"<index>.<field>"``; nothing was queued.
+            RedisUnavailableError: Redis is unreachable; the message says how many items (the first
+                ones, in order) were queued before it went away.
         """
         prepared, errors = [], {}
         for i, item in enumerate(items):
@@ -149,7 +151,16 @@ class Outbox(Enqueuer):
 
             bar = tqdm(total=len(prepared), desc="queued", unit="job", file=sys.stderr)
         for start in range(0, len(prepared), 500):
-            out += self._commit(prepared[start : start + 500])
+            try:
+                out += self._commit(prepared[start : start + 500])
+            except RedisUnavailableError as e:
+                if not out:
+                    raise
+                raise RedisUnavailableError(
+                    f"Redis became unreachable after {len(out)} of {len(prepared)} jobs were queued "
+                    f"(items 0-{len(out) - 1}); items {len(out)}- were not. Send the rest again (the same "
+                    f"idempotency keys make a retry of the whole batch safe): {e}"
+                ) from None
             if bar is not None:
                 bar.update(len(prepared[start : start + 500]))
         if bar is not None:

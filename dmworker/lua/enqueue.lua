@@ -5,9 +5,16 @@
 -- ARGV[4] at_ms ('' = none)   ARGV[5] idempotency ttl s (0 = no key)   ARGV[6] follow-up key ('')
 -- ARGV[7] replace (0/1)   ARGV[8] cancel_on_reply (0/1)   ARGV[9] window limit ms (0 = no check)
 -- ARGV[10] dispatch grace ms   ARGV[11] n   then n x (job id, job json, rate class)
--- Returns {"new", publish(0/1), due_ms, ids...} | {"dup", 0, 0, ids...}
+-- Returns {"new", publish(0/1), due_ms, ids...} | {"dup", 0, 0, ids...} (idempotency key seen, or
+--         this very call already ran: its first job id exists)
 --       | {"keyexists", existing id} | {"window", closes_at_ms or -1}
 local r = ARGV[2]
+-- a retried call whose first run succeeded (its reply was lost): the same ids, never queued twice
+if redis.call('HEXISTS', KEYS[1], ARGV[12]) == 1 then
+  local out = {'dup', 0, 0}
+  for i = 1, tonumber(ARGV[11]) do out[#out + 1] = ARGV[11 + 3 * i - 2] end
+  return out
+end
 if tonumber(ARGV[5]) > 0 then
   local prev = redis.call('GET', KEYS[8])
   if prev then

@@ -38,9 +38,13 @@ SCALE_ENV = "DMWORKER_CHAOS_SCALE"  # the long mode's multiplier (default 3)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--chaos-long", action="store_true", default=False,
-                     help="chaos scenarios: long mode (counts and durations x DMWORKER_CHAOS_SCALE, "
-                          "default 3); same as DMWORKER_CHAOS_LONG=1")
+    parser.addoption(
+        "--chaos-long",
+        action="store_true",
+        default=False,
+        help="chaos scenarios: long mode (counts and durations x DMWORKER_CHAOS_SCALE, "
+        "default 3); same as DMWORKER_CHAOS_LONG=1",
+    )
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class ChaosMode:
 
     def n(self, default: float) -> int:
         """A count of the default mode, scaled in the long mode."""
-        return int(round(default * self.scale))
+        return round(default * self.scale)
 
     def s(self, default: float, long: float | None = None) -> float:
         """A duration (s) of the default mode; ``long`` when given, else scaled."""

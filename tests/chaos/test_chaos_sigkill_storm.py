@@ -44,8 +44,12 @@ def test_sigkill_storm_loses_nothing_and_keeps_order(settings, sandbox, rdb, pro
     store = LaneStore(s, rdb)
     duration = chaos.s(20.0)
     stop = threading.Event()
-    producers = [Producer(Outbox(settings=s, client=rdb, publish=publish), recipients[i::2], 30.0, stop,
-                          name=f"producer{i}") for i in range(2)]
+    producers = [
+        Producer(
+            Outbox(settings=s, client=rdb, publish=publish), recipients[i::2], 30.0, stop, name=f"producer{i}"
+        )
+        for i in range(2)
+    ]
     # When producers enqueue ~60 jobs/s for `duration` while a worker is SIGKILLed every ~3 s
     for p in producers:
         p.start()
@@ -75,9 +79,16 @@ def test_sigkill_storm_loses_nothing_and_keeps_order(settings, sandbox, rdb, pro
     id_to_token = {v: k for k, v in ids.items()}
     sends = sandbox.sends(ACCOUNT)
     rep = account_run(
-        "sigkill_storm", expected, sends, tokens_of(dead_ids(store, ACCOUNT), id_to_token),
-        tokens_of(in_doubt_ids, id_to_token), kills=kills, in_flight_per_kill=in_flight_per_kill,
-        lease_lost=len(grep_logs(g.dir, "lane lease lost")), duration_s=duration,
+        "sigkill_storm",
+        expected,
+        sends,
+        tokens_of(dead_ids(store, ACCOUNT), id_to_token),
+        tokens_of(in_doubt_ids, id_to_token),
+        in_doubt_sends=sum(in_flight_per_kill),
+        kills=kills,
+        in_flight_per_kill=in_flight_per_kill,
+        lease_lost=len(grep_logs(g.dir, "lane lease lost")),
+        duration_s=duration,
     )
     # ... nothing lost, reordered or unexpected; duplicates only among the sends in flight at a kill
     rep.check(dead_expected=0)
