@@ -97,6 +97,10 @@ def celery_config() -> dict[str, Any]:
         conf["broker_transport_options"] = {
             "global_keyprefix": f"{settings.key_prefix}:celery:",
             "visibility_timeout": 3600,
+            # a stalled broker must not block a producer's publish for ever: a failed publish is
+            # logged and the dispatcher publishes the lane after its grace
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
         }
     return conf
 
