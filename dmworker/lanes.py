@@ -244,7 +244,7 @@ class LaneStore:
             json.dumps(outcome, separators=(",", ":")) if outcome else "",
             1 if yield_lane else 0,
             token_fingerprint(token) if token else "",
-            s.burst_for(account),
+            s.decision_burst_for(account),
             s.thread_min_interval_ms * 1000,
         ]
         for klass in RATE_CLASSES:
@@ -331,7 +331,7 @@ class LaneStore:
             self.redis,
             "limit",
             [self.acct(account).limiter],
-            [klass, rate.interval_us, self.settings.burst_for(account)],
+            [klass, rate.interval_us, self.settings.decision_burst_for(account)],
             now_ms,
         )
         return bool(int(reply[0])), int(reply[1])

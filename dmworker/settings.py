@@ -168,10 +168,21 @@ class Settings:
         return self.rates[klass]
 
     def burst_for(self, account_id: str) -> int:
+        """The configured burst of ``account_id``: Meta sees at most rate x T + burst in any T."""
         acct = self.accounts.get(account_id)
         if acct is not None and acct.burst is not None:
             return acct.burst
         return self.rate_burst
+
+    def decision_burst_for(self, account_id: str) -> int:
+        """The burst the limiter decides with: one less than configured (when it is 2 or more).
+
+        The slot held back absorbs the time between the limiter's decision and the request reaching
+        Meta (thread scheduling, connection reuse): decisions keep to rate x T + burst - 1, so the
+        requests as Meta receives them keep to rate x T + burst even when one arrives late.
+        """
+        burst = self.burst_for(account_id)
+        return burst - 1 if burst >= 2 else burst
 
     def graph_url_for(self, account_id: str) -> str:
         acct = self.accounts.get(account_id)
