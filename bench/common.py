@@ -79,7 +79,7 @@ def pct(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q * len(s) + 0.5)) - 1))]
+    return s[min(len(s) - 1, max(0, round(q * len(s) + 0.5) - 1))]
 
 
 def accounts(n: int) -> dict[str, str]:
@@ -96,7 +96,7 @@ def start_sandbox(n_accounts: int = 1, latency_ms: float = 0.0) -> SandboxProces
 
 def make_settings(prefix: str, sandbox: SandboxProcess, n_accounts: int = 1, rate: str = "100000/s",
                   account_rates: dict[str, str] | None = None, **over: Any) -> Settings:
-    """Settings for ``n_accounts`` bench accounts on the sandbox; ``account_rates``: per-account text rates."""
+    """Settings for ``n_accounts`` bench accounts on the sandbox (``account_rates``: per account)."""
     per = account_rates or {}
     accts = {a: AccountConfig(a, t, rates={"text": parse_rate(per[a])} if a in per else {})
              for t, a in accounts(n_accounts).items()}
@@ -185,7 +185,22 @@ def machine() -> dict[str, str]:
         "kombu": kombu.__version__,
         "redis-py": redis.__version__,
         "os": f"{platform.system()} {platform.release()}",
+        "dmworker code": _git_rev(),
     }
+
+
+def _git_rev() -> str:
+    """The commit of the tree measured, and whether dmworker/ had uncommitted changes (read-only git)."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "dmworker"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{rev}{' + uncommitted changes in dmworker/' if dirty else ''}"
 
 
 def _cpu_model() -> str:
@@ -196,13 +211,7 @@ def _cpu_model() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform_fallback()
-
-
-def platform_fallback() -> str:
-    import platform
-
-    return platform.processor() or "unknown"
+    return "unknown"
 
 
 def loadavg() -> str:

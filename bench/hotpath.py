@@ -21,11 +21,12 @@ from typing import Any
 
 import common as c
 import redis
+from workers import Group, backlog, timed_run
+
 from dmworker import scripts
 from dmworker.graph.client import InstagramClient
 from dmworker.outbox import Outbox
 from dmworker.schemas import load_job
-from workers import Group, backlog, timed_run
 
 SHA = {hashlib.sha1(scripts.source(n).encode()).hexdigest(): n for n in scripts.NAMES}
 
@@ -37,20 +38,27 @@ class Monitor:
         self.client: Counter[str] = Counter()
         self.lua: Counter[str] = Counter()
         self.trips = 0
-        self._stop = False
+        self.other_evalsha = 0  # EVALSHA calls of other DBs (other clients of this server)
+        self._sentinel = f"dmwbmonitorstop{id(self):x}"
+        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._db = int(c.REDIS_URL.rsplit("/", 1)[1])
 
     def _run(self) -> None:
         multi: dict[str, list[str]] = {}
         with redis.Redis.from_url(c.REDIS_URL, decode_responses=True).monitor() as m:
+            self._ready.set()
             for cmd in m.listen():
-                if self._stop:
+                if self._sentinel in cmd["command"]:  # everything sent before it has been read
                     return
                 if cmd.get("db") != self._db:
+                    if cmd.get("client_type") != "lua" and cmd["command"][:8].upper() == "EVALSHA ":
+                        self.other_evalsha += 1
                     continue
                 words = cmd["command"].split()
                 name = words[0].upper() if words else "?"
+                if name in ("SCRIPT", "CLIENT", "CONFIG") and len(words) > 1:
+                    name += " " + words[1].upper()
                 if cmd.get("client_type") == "lua":
                     self.lua[name] += 1
                     continue
@@ -70,17 +78,18 @@ class Monitor:
 
     def __enter__(self) -> Monitor:
         self._thread.start()
-        time.sleep(0.3)
+        self._ready.wait(5)
+        time.sleep(0.05)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop = True
-        c.rdb().ping()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            c.rdb().get(self._sentinel)
+            self._thread.join(timeout=10)
 
 
 def count_commands(group: Group, quick: bool) -> dict[str, Any]:
-    items = backlog(100 if quick else 300, 10, f"count{group.system}")
+    items = backlog(50 if quick else 300, 10, f"count{group.system}")
     mon = Monitor()
     stats0: dict[str, Any] = {}
 
@@ -91,12 +100,17 @@ def count_commands(group: Group, quick: bool) -> dict[str, Any]:
     try:
         run = timed_run(group, items, 0, warm=False, on_loaded=loaded)
         time.sleep(0.2)
+        stats1 = group.r.info("commandstats")
     finally:
         mon.__exit__()
-    stats1 = group.r.info("commandstats")
-    evalsha = stats1.get("cmdstat_evalsha", {}).get("calls", 0) - stats0.get("cmdstat_evalsha", {}).get("calls", 0)
+    idle_s = 1.0 if quick else 3.0
+    with Monitor() as idle:  # the same worker process with nothing to do: the dispatcher's polling
+        time.sleep(idle_s)
+    evalsha = (stats1.get("cmdstat_evalsha", {}).get("calls", 0)
+               - stats0.get("cmdstat_evalsha", {}).get("calls", 0)) - mon.other_evalsha
     out = {"sends": run.sends, "trips": mon.trips, "client": dict(mon.client), "lua": dict(mon.lua),
-           "commandstats_evalsha": evalsha}
+           "commandstats_evalsha": evalsha, "idle_per_s": {k: v / idle_s for k, v in idle.client.items()},
+           "idle_trips_per_s": idle.trips / idle_s}
     c.say(f"  {group.system:8} {mon.trips / run.sends:.2f} Redis round trips/send "
           f"({sum(mon.lua.values()) / run.sends:.1f} commands inside scripts/send)")
     return out
@@ -114,9 +128,9 @@ def profile(group: Group, quick: bool, rate_hz: int = 250) -> dict[str, Any]:
         proc.append(subprocess.Popen([spy, "record", "--pid", str(group.pids[0]), "--rate", str(rate_hz),
                                       "--format", "raw", "--gil", "--nonblocking", "-o", out],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        time.sleep(1.0)
+        time.sleep(0.5)
 
-    run = timed_run(group, backlog(200 if quick else 500, 10, "prof"), 0, warm=False, on_loaded=loaded)
+    run = timed_run(group, backlog(100 if quick else 500, 10, "prof"), 0, warm=False, on_loaded=loaded)
     proc[0].send_signal(signal.SIGINT)
     proc[0].wait(timeout=30)
     if not os.path.exists(out):
@@ -141,7 +155,7 @@ COMPONENTS = (  # (label, function name as py-spy prints it, file part)
     ("logging calls", "Logger.log", "logging"),
     ("token fingerprint (sha256 per step)", "token_fingerprint", "dmworker/settings.py"),
     ("Celery consumer loop: receive, ack (asynloop)", "asynloop", "celery/worker/loops.py"),
-    ("Celery task trace around process_lane (trace_task)", "build_tracer.<locals>.trace_task", "celery"),
+    ("Celery task bookkeeping (trace_task minus process_lane)", "build_tracer.<locals>.trace_task", "celery"),
     ("dispatcher thread (Dispatcher.run)", "Dispatcher.run", "dmworker/dispatcher.py"),
 )
 
@@ -164,8 +178,10 @@ def analyse(path: str) -> dict[str, Any]:
     comps = []
     for label, func, where in COMPONENTS:
         hits = sum(v for k, v in inclusive.items() if k.startswith(func + " (") and where in k)
+        if "minus" in label:
+            hits -= sum(v for k, v in inclusive.items() if k.startswith("process_lane ("))
         comps.append((label, 100.0 * hits / max(1, total)))
-    top = [(k, 100.0 * v / max(1, total)) for k, v in own.most_common(12)]
+    top = [(k, 100.0 * v / max(1, total)) for k, v in own.most_common(13) if k.strip()][:12]
     return {"samples": total, "components": comps, "self": top}
 
 
@@ -177,6 +193,7 @@ def micro(sandbox: Any, settings: Any, quick: bool) -> dict[str, float]:
     ctl.reset()
     ctl.open_windows(c.ACCOUNT, ["700000001"])
     client = InstagramClient(c.TOKEN, base_url=sandbox.url + "/v25.0", account_id=c.ACCOUNT)
+    out["trust_env_default"] = bool(client._session.trust_env)
     for trust in (True, False):
         client._session.trust_env = trust
         for _ in range(50):
@@ -186,7 +203,8 @@ def micro(sandbox: Any, settings: Any, quick: bool) -> dict[str, float]:
             client.messaging.send_text("700000001", "hello")
         out[f"post_trust_env_{trust}"] = (time.perf_counter() - t) / n * 1e6
     client.close()
-    job = Outbox(settings=settings, client=c.rdb())._prepare("text", "700000001", {"text": "hello"}, {}).jobs[0][1]
+    prepared = Outbox(settings=settings, client=c.rdb())._prepare("text", "700000001", {"text": "hello"}, {})
+    job = prepared.jobs[0][1]
     for name, fn in (("load_job", lambda: load_job(job)), ("json_loads", lambda: json.loads(job))):
         fn()
         t = time.perf_counter()
@@ -194,3 +212,49 @@ def micro(sandbox: Any, settings: Any, quick: bool) -> dict[str, float]:
             fn()
         out[name] = (time.perf_counter() - t) / (n * 10) * 1e6
     return out
+
+
+def _per(counter: dict[str, int], sends: int) -> dict[str, float]:
+    return {k: v / sends for k, v in counter.items()}
+
+
+def section(counts: dict[str, Any], prof: dict[str, Any], micro_us: dict[str, float]) -> str:
+    d, n = counts["dmworker"], counts["naive"]
+    dc, nc = _per(d["client"], d["sends"]), _per(n["client"], n["sends"])
+    names = sorted(set(dc) | set(nc), key=lambda k: -(dc.get(k, 0) + nc.get(k, 0)))
+    rows = [[f"`{k}`", f"{dc.get(k, 0):.3f}", f"{nc.get(k, 0):.3f}"] for k in names if
+            dc.get(k, 0) + nc.get(k, 0) >= 0.005]
+    rows.append(["**round trips per send** (a MULTI..EXEC block = 1)", f"**{d['trips'] / d['sends']:.2f}**",
+                 f"**{n['trips'] / n['sends']:.2f}**"])
+    rows.append(["commands run inside Lua scripts per send", f"{sum(d['lua'].values()) / d['sends']:.1f}",
+                 f"{sum(n['lua'].values()) / n['sends']:.1f}"])
+    rows.append(["`cmdstat_evalsha` delta / sends (INFO commandstats less other DBs' EVALSHA)",
+                 f"{d['commandstats_evalsha'] / d['sends']:.2f}",
+                 f"{n['commandstats_evalsha'] / n['sends']:.2f}"])
+    t1 = c.table(["Redis command from a client, per send", "dmworker", "baseline"], rows)
+    lua = sorted(_per(d["lua"], d["sends"]).items(), key=lambda kv: -kv[1])
+    t2 = c.table(["command inside step.lua (and dispatch.lua), per send", "calls"],
+                 [[f"`{k}`", f"{v:.2f}"] for k, v in lua if v >= 0.05])
+    parts = [t1, t2]
+    if "error" in prof:
+        parts.append(f"Profile: {prof['error']}")
+    else:
+        head = f"component (inclusive; % of {prof['samples']:,} samples holding the GIL)"
+        parts.append(c.table([head, "% time"],
+                             [[label, f"{v:.1f}"] for label, v in prof["components"]]))
+        parts.append(c.table(["function (self time)", "% time"],
+                             [[f"`{k}`", f"{v:.1f}"] for k, v in prof["self"]]))
+    m = micro_us
+
+    def now(v: bool) -> str:
+        return " (dmworker's setting)" if bool(m.get("trust_env_default", True)) == v else ""
+
+    parts.append(c.table(["piece measured alone (one thread, this process)", "us per call"], [
+        [f"POST a text to the sandbox, `requests` trust_env=True{now(True)}",
+         f"{m['post_trust_env_True']:.0f}"],
+        [f"POST a text to the sandbox, `requests` trust_env=False{now(False)}",
+         f"{m['post_trust_env_False']:.0f}"],
+        ["`load_job` (marshmallow re-validation of the stored job)", f"{m['load_job']:.1f}"],
+        ["`json.loads` of the same job", f"{m['json_loads']:.1f}"],
+    ]))
+    return "\n\n".join(parts)

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import common as c
+
 from dmworker.dispatcher import Dispatcher
 from dmworker.lanes import LaneStore
 from dmworker.outbox import Outbox
@@ -35,7 +36,7 @@ def _used(r: Any) -> int:
 
 def run(sandbox: Any, quick: bool, producers: int = 2) -> dict[str, Any]:
     n = 100_000 if quick else 1_000_000
-    n_celery = 20_000 if quick else 100_000
+    n_celery = 5_000 if quick else 50_000
     n_promote = 50_000 if quick else 200_000
     prefix = c.new_prefix("s")
     r = c.rdb()
@@ -53,6 +54,7 @@ def run(sandbox: Any, quick: bool, producers: int = 2) -> dict[str, Any]:
                               countdown=3600 + i % 600, queue=f"{prefix}.eta", producer=producer)
         out["celery_s"] = time.perf_counter() - t
         out["celery_bytes"] = (_used(r) - m0) / n_celery
+        out["celery_key_bytes"] = (r.memory_usage(c.queue_key(prefix, f"{prefix}.eta")) or 0) / n_celery
         r.unlink(c.queue_key(prefix, f"{prefix}.eta"))
         c.say(f"  Celery countdown message: {out['celery_bytes']:.0f} bytes each ({n_celery:,})")
         # dmworker follow-ups
@@ -65,6 +67,8 @@ def run(sandbox: Any, quick: bool, producers: int = 2) -> dict[str, Any]:
             done = sum(pool.map(_schedule, parts))
         out["schedule_s"] = time.perf_counter() - t
         out["bytes"] = (_used(r) - m0) / done
+        k = LaneStore(s, r).acct(c.ACCOUNT)
+        out["key_bytes"] = sum(r.memory_usage(key) or 0 for key in (k.jobs, k.status, k.sched)) / done
         c.say(f"  {done:,} follow-ups scheduled in {out['schedule_s']:.1f} s ({producers} producers): "
               f"{out['bytes']:.0f} bytes each")
         # promotions: a backlog all due (the clock is injected 30 days ahead)
@@ -99,9 +103,13 @@ def run(sandbox: Any, quick: bool, producers: int = 2) -> dict[str, Any]:
 
 def section(res: dict[str, Any]) -> str:
     rows = [
-        [f"Redis memory per scheduled follow-up ({res['n']:,} scheduled)", f"{res['bytes']:.0f} B",
+        [f"Redis memory per scheduled follow-up ({res['n']:,} scheduled), used_memory delta",
+         f"{res['bytes']:.0f} B",
          f"{res['celery_bytes']:.0f} B (Celery countdown message, {res['n_celery']:,})",
          c.ratio(res["bytes"], res["celery_bytes"])],
+        ["the same from `MEMORY USAGE` of the keys (sampled)", f"{res['key_bytes']:.0f} B",
+         f"{res['celery_key_bytes']:.0f} B (the queue list)",
+         c.ratio(res["key_bytes"], res["celery_key_bytes"])],
         ["promotions/s (Dispatcher.tick, 1000 per tick)", c.f0(res["promote_rate"]),
          f"{c.f0(res['raw_rate'])} (ZPOPMIN + RPUSH, not atomic, no status)",
          c.ratio(res["promote_rate"], res["raw_rate"])],

@@ -12,24 +12,46 @@ from typing import Any
 
 import common as c
 import naive
-from dmworker.outbox import Outbox
 from workers import LANE_TASK, Group, Run, backlog, prepare_sandbox, timed_run
+
+from dmworker.outbox import Outbox
 
 CONCURRENCY = 100
 PER_RECIPIENT = 10
+OTHERS_MAX = 0.25  # cores other processes may take during a full-run measurement before it is retried
 PLAN = {1: (0, 50, 200), 2: (0, 50), 4: (0, 50, 200)}  # worker processes -> sandbox latencies (ms)
 
 
 def recipients_for(latency_ms: int, quick: bool) -> int:
     if latency_ms >= 200:
         return 300 if quick else 400
-    return 150 if quick else 600
+    return 100 if quick else 400
 
 
-def measure(group: Group, latency_ms: int, quick: bool) -> Run:
-    items = backlog(recipients_for(latency_ms, quick), PER_RECIPIENT, f"{group.system}{latency_ms}")
-    run = timed_run(group, items, latency_ms)
-    c.say(f"  {group.system:8} procs={group.nprocs} latency={latency_ms:>3} ms: {run.rate:7.0f} sends/s "
+def per_recipient(latency_ms: int, quick: bool) -> int:
+    return 5 if quick and latency_ms >= 200 else PER_RECIPIENT
+
+
+def measure(group: Group, latency_ms: int, quick: bool, single: bool = False) -> Run:
+    """One backlog run; ``single``: one job for each of many recipients (no batching per lane)."""
+    if single:
+        items = backlog(1000 if quick else 3000, 1, f"{group.system}single")
+    else:
+        items = backlog(recipients_for(latency_ms, quick), per_recipient(latency_ms, quick),
+                        f"{group.system}{latency_ms}")
+    # full run: best of 2 at 0/50 ms (short runs on a shared 2-core machine), and up to 2 more tries
+    # while other processes took more than OTHERS_MAX cores during every try so far
+    repeats = 1 if quick or single or latency_ms >= 200 else 2
+    tries = [timed_run(group, items, latency_ms) for _ in range(repeats)]
+    while not quick and len(tries) < repeats + 2 and min(t.util("other") for t in tries) > OTHERS_MAX:
+        c.say(f"  (other processes took {tries[-1].util('other'):.2f} cores: one more try)")
+        tries.append(timed_run(group, items, latency_ms))
+    run = max(tries, key=lambda t: t.rate)
+    run.tries = [t.rate for t in tries]
+    what = " 1 job/recipient" if single else ""
+    seen = f" (tries {', '.join(f'{t:.0f}' for t in run.tries)})" if len(run.tries) > 1 else ""
+    c.say(f"  {group.system:8} procs={group.nprocs} latency={latency_ms:>3} ms{what}: "
+          f"{run.rate:7.0f} sends/s{seen} "
           f"({run.sends} in {run.elapsed_s:.2f} s; worker CPU {run.cpu_us_per_send('workers'):.0f} us/send; "
           f"reordered {run.accounting['reordered']}, lost {run.accounting['lost']})")
     return run
@@ -71,18 +93,21 @@ def e2e(group: Group, rate: float, seconds: float) -> dict[str, Any]:
     return out
 
 
-def _key(system: str, procs: int, lat: int) -> str:
-    return f"{system}/{procs}/{lat}"
+def _key(system: str, procs: int, lat: int, single: bool = False) -> str:
+    return f"{system}/{procs}/{lat}{'/single' if single else ''}"
 
 
-def section_throughput(res: dict[str, Run]) -> str:
+def section_throughput(res: dict[str, Run], quick: bool) -> str:
     rows = []
-    for lat in (0, 200):
-        for procs in (1, 4):
-            d, n = res[_key("dmworker", procs, lat)], res[_key("naive", procs, lat)]
-            rows.append([f"{lat} ms", procs, CONCURRENCY, f"{d.sends:,}", c.f0(d.rate), c.f0(n.rate),
-                         c.ratio(d.rate, n.rate), f"{d.accounting['reordered']} / {n.accounting['reordered']}"])
-    return c.table(["sandbox latency", "worker procs", "threads/proc", "sends", "dmworker sends/s",
+    cases = [(lat, procs, False) for lat in (0, 200) for procs in (1, 4)] + [(0, 1, True)]
+    for lat, procs, single in cases:
+        d, n = res[_key("dmworker", procs, lat, single)], res[_key("naive", procs, lat, single)]
+        per = 1 if single else per_recipient(lat, quick)
+        rows.append([f"{lat} ms", procs, CONCURRENCY, f"{d.sends // per:,} x {per}", c.f0(d.rate),
+                     c.f0(n.rate),
+                     c.ratio(d.rate, n.rate), f"{d.accounting['reordered']} / {n.accounting['reordered']}"])
+    return c.table(["sandbox latency", "worker procs", "threads/proc", "recipients x jobs",
+                    "dmworker sends/s",
                     "baseline sends/s", "ratio", "reordered (dmworker / baseline)"], rows)
 
 
@@ -117,9 +142,9 @@ def section_scaling(res: dict[str, Run]) -> str:
                              c.f0(r.rate), c.ratio(r.rate, one.rate), f"{r.util('workers'):.2f}",
                              f"{r.util('redis'):.2f}", f"{r.util('sandbox'):.2f}",
                              f"{r.util('bench'):.2f}", f"{other:.2f}",
-                             f"{r.util('machine'):.2f} / 2"])
+                             f"{r.util('machine'):.2f} / 2", " / ".join(c.f0(t) for t in r.tries)])
     return c.table(["latency", "system", "procs", "sends/s", "vs 1 proc", "workers cores", "redis cores",
-                    "sandbox cores", "bench cores", "others' cores", "machine busy"], rows)
+                    "sandbox cores", "bench cores", "others' cores", "machine busy", "tries (sends/s)"], rows)
 
 
 def plateau(res: dict[str, Run], system: str, lat: int) -> int:
@@ -128,5 +153,5 @@ def plateau(res: dict[str, Run], system: str, lat: int) -> int:
     return min(p for p in (1, 2, 4) if res[_key(system, p, lat)].rate >= 0.9 * best)
 
 
-def key(system: str, procs: int, lat: int) -> str:
-    return _key(system, procs, lat)
+def key(system: str, procs: int, lat: int, single: bool = False) -> str:
+    return _key(system, procs, lat, single)

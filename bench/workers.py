@@ -18,6 +18,7 @@ from typing import Any
 
 import common as c
 import naive
+
 from dmworker.outbox import Outbox
 from dmworker.sandbox import SandboxProcess
 from dmworker.testing import Accounting, ProcessGroup
@@ -92,12 +93,16 @@ class Group:
         c.cleanup(self.r, self.prefix)
 
 
-def backlog(recipients: int, per: int, tag: str, accounts: list[str] | None = None) -> list[tuple[str, str, str]]:
-    """``per`` jobs for each of ``recipients`` recipients (of each account), interleaved."""
+def backlog(recipients: int, per: int, tag: str, accounts: list[str] | None = None,
+            grouped: bool = True) -> list[tuple[str, str, str]]:
+    """``per`` jobs for each of ``recipients`` recipients (of each account); ``grouped``: each
+    recipient's jobs back to back (a conversation), else interleaved across recipients."""
     out = []
     for a in accounts or [c.ACCOUNT]:
-        for n in range(per):
-            out += [(a, str(500000000 + i), f"{tag}:{i}#{n}") for i in range(recipients)]
+        if grouped:
+            out += [(a, str(500000000 + i), f"{tag}:{i}#{n}") for i in range(recipients) for n in range(per)]
+        else:
+            out += [(a, str(500000000 + i), f"{tag}:{i}#{n}") for n in range(per) for i in range(recipients)]
     return out
 
 
@@ -121,6 +126,7 @@ class Run:
     accounting: dict[str, int] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     t0: float = 0.0
+    tries: list[float] = field(default_factory=list)
 
     def cpu_us_per_send(self, kind: str) -> float:
         return self.cpu.get(kind, 0.0) / max(1, self.sends) * 1e6
