@@ -94,24 +94,42 @@ def start_sandbox(n_accounts: int = 1, latency_ms: float = 0.0) -> SandboxProces
     return SandboxProcess(tokens=accounts(n_accounts), latency_ms=latency_ms).start()
 
 
-def make_settings(prefix: str, sandbox: SandboxProcess, n_accounts: int = 1, rate: str = "100000/s",
-                  account_rates: dict[str, str] | None = None, **over: Any) -> Settings:
+def make_settings(
+    prefix: str,
+    sandbox: SandboxProcess,
+    n_accounts: int = 1,
+    rate: str = "100000/s",
+    account_rates: dict[str, str] | None = None,
+    **over: Any,
+) -> Settings:
     """Settings for ``n_accounts`` bench accounts on the sandbox (``account_rates``: per account)."""
     per = account_rates or {}
-    accts = {a: AccountConfig(a, t, rates={"text": parse_rate(per[a])} if a in per else {})
-             for t, a in accounts(n_accounts).items()}
+    accts = {
+        a: AccountConfig(a, t, rates={"text": parse_rate(per[a])} if a in per else {})
+        for t, a in accounts(n_accounts).items()
+    }
     base = Settings.from_env({})
     return base.with_overrides(
-        redis_url=REDIS_URL, key_prefix=prefix, graph_url=sandbox.url + "/v25.0", accounts=accts,
-        default_account=ACCOUNT, rates={**base.rates, "text": parse_rate(rate)}, **over)
+        redis_url=REDIS_URL,
+        key_prefix=prefix,
+        graph_url=sandbox.url + "/v25.0",
+        accounts=accts,
+        default_account=ACCOUNT,
+        rates={**base.rates, "text": parse_rate(rate)},
+        **over,
+    )
 
 
 def producer_app(prefix: str, settings: Settings | None = None) -> Celery:
     """A producer-only Celery app on the bench broker with the same key prefix as the workers."""
     url = broker_url(settings) if settings is not None else REDIS_URL
     app = Celery(f"dmwb-producer-{prefix}", set_as_current=False)
-    app.conf.update(broker_url=url, task_serializer="json", accept_content=["json"],
-                    broker_transport_options={"global_keyprefix": f"{prefix}:celery:"})
+    app.conf.update(
+        broker_url=url,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options={"global_keyprefix": f"{prefix}:celery:"},
+    )
     return app
 
 
@@ -194,10 +212,16 @@ def _git_rev() -> str:
     import subprocess
 
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "dmworker"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "dmworker"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{rev}{' + uncommitted changes in dmworker/' if dirty else ''}"

@@ -42,8 +42,11 @@ def run(sandbox: Any, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n, "bulk": bulk}
     try:
         with app.producer_or_acquire() as producer:
-            ob = Outbox(settings=s, client=r, publish=lambda a, rr: app.send_task(
-                LANE_TASK, (a, rr), queue=hold, producer=producer))
+            ob = Outbox(
+                settings=s,
+                client=r,
+                publish=lambda a, rr: app.send_task(LANE_TASK, (a, rr), queue=hold, producer=producer),
+            )
             for i in range(200):  # warm: connections, script load, account registration
                 ob.send_text(str(800000000 + i), "warm")
                 noop.apply_async((c.ACCOUNT, "1"), queue=hold)
@@ -53,8 +56,9 @@ def run(sandbox: Any, quick: bool) -> dict[str, Any]:
                 hi = min(n, lo + n // 5)
                 out["new_lane"] += _lat(lambda i: ob.send_text(rec[i], "Hello! Thanks."), lo, hi)
                 out["existing_lane"] += _lat(lambda i: ob.send_text(rec[i], "We will follow up."), lo, hi)
-                out["apply_async"] += _lat(lambda i: noop.apply_async((c.ACCOUNT, rec[i]), queue=hold),
-                                           lo, hi)
+                out["apply_async"] += _lat(
+                    lambda i: noop.apply_async((c.ACCOUNT, rec[i]), queue=hold), lo, hi
+                )
             for name, base in (("trips_new", 850000000), ("trips_existing", 850000000)):
                 with Monitor() as mon:
                     for i in range(50):
@@ -64,13 +68,16 @@ def run(sandbox: Any, quick: bool) -> dict[str, Any]:
                 for _ in range(50):
                     noop.apply_async((c.ACCOUNT, "1"), queue=hold)
             out["trips_apply"] = (mon.trips / 50, {k: v / 50 for k, v in mon.client.items()})
-            items = [{"kind": "text", "recipient": str(820000000 + i % (bulk // 10)), "text": f"bulk {i}"}
-                     for i in range(bulk)]
+            items = [
+                {"kind": "text", "recipient": str(820000000 + i % (bulk // 10)), "text": f"bulk {i}"}
+                for i in range(bulk)
+            ]
             t = time.perf_counter()
             ob.send_many(items)
             out["send_many_10"] = bulk / (time.perf_counter() - t)
-            items = [{"kind": "text", "recipient": str(830000000 + i), "text": f"bulk {i}"}
-                     for i in range(bulk)]
+            items = [
+                {"kind": "text", "recipient": str(830000000 + i), "text": f"bulk {i}"} for i in range(bulk)
+            ]
             t = time.perf_counter()
             ob.send_many(items)
             out["send_many_1"] = bulk / (time.perf_counter() - t)
@@ -80,8 +87,10 @@ def run(sandbox: Any, quick: bool) -> dict[str, Any]:
             out["apply_async_loop"] = bulk / (time.perf_counter() - t)
         for k in ("new_lane", "existing_lane", "apply_async"):
             c.say(f"  {k}: p50 {c.pct(out[k], 0.5):.0f} us, p99 {c.pct(out[k], 0.99):.0f} us")
-        c.say(f"  send_many {out['send_many_10']:,.0f}/s (10 per recipient), {out['send_many_1']:,.0f}/s "
-              f"(1 per recipient); apply_async loop {out['apply_async_loop']:,.0f}/s")
+        c.say(
+            f"  send_many {out['send_many_10']:,.0f}/s (10 per recipient), {out['send_many_1']:,.0f}/s "
+            f"(1 per recipient); apply_async loop {out['apply_async_loop']:,.0f}/s"
+        )
     finally:
         c.cleanup(r, prefix)
     return out
@@ -90,22 +99,45 @@ def run(sandbox: Any, quick: bool) -> dict[str, Any]:
 def section(res: dict[str, Any]) -> str:
     a = res["apply_async"]
     rows = []
-    for name, k in (("`send_text`, new lane (publishes a lane message)", "new_lane"),
-                    ("`send_text`, existing lane (no publish)", "existing_lane")):
+    for name, k in (
+        ("`send_text`, new lane (publishes a lane message)", "new_lane"),
+        ("`send_text`, existing lane (no publish)", "existing_lane"),
+    ):
         v = res[k]
-        rows.append([name, f"{c.pct(v, 0.5):.0f}", f"{c.pct(v, 0.99):.0f}", f"{c.pct(a, 0.5):.0f}",
-                     f"{c.pct(a, 0.99):.0f}", c.ratio(c.pct(v, 0.5), c.pct(a, 0.5))])
+        rows.append(
+            [
+                name,
+                f"{c.pct(v, 0.5):.0f}",
+                f"{c.pct(v, 0.99):.0f}",
+                f"{c.pct(a, 0.5):.0f}",
+                f"{c.pct(a, 0.99):.0f}",
+                c.ratio(c.pct(v, 0.5), c.pct(a, 0.5)),
+            ]
+        )
     t1 = c.table(["call", "p50 us", "p99 us", "apply_async p50 us", "apply_async p99 us", "p50 ratio"], rows)
-    trips = [[label, f"{res[k][0]:.2f}", ", ".join(f"`{n}` {v:.2f}" for n, v in sorted(res[k][1].items()))]
-             for label, k in (("`send_text`, new lane", "trips_new"), ("`send_text`, existing lane",
-                              "trips_existing"), ("`apply_async`", "trips_apply"))]
+    trips = [
+        [label, f"{res[k][0]:.2f}", ", ".join(f"`{n}` {v:.2f}" for n, v in sorted(res[k][1].items()))]
+        for label, k in (
+            ("`send_text`, new lane", "trips_new"),
+            ("`send_text`, existing lane", "trips_existing"),
+            ("`apply_async`", "trips_apply"),
+        )
+    ]
     t1 += "\n\n" + c.table(["call", "Redis round trips per call (MONITOR)", "commands per call"], trips)
     ap = res["apply_async_loop"]
     rows2 = [
-        [f"`send_many`, {res['bulk']:,} items, 10 per recipient", c.f0(res["send_many_10"]), c.f0(ap),
-         c.ratio(res["send_many_10"], ap)],
-        [f"`send_many`, {res['bulk']:,} items, 1 per recipient", c.f0(res["send_many_1"]), c.f0(ap),
-         c.ratio(res["send_many_1"], ap)],
+        [
+            f"`send_many`, {res['bulk']:,} items, 10 per recipient",
+            c.f0(res["send_many_10"]),
+            c.f0(ap),
+            c.ratio(res["send_many_10"], ap),
+        ],
+        [
+            f"`send_many`, {res['bulk']:,} items, 1 per recipient",
+            c.f0(res["send_many_1"]),
+            c.f0(ap),
+            c.ratio(res["send_many_1"], ap),
+        ],
     ]
     t2 = c.table(["bulk", "enqueues/s", "apply_async loop /s", "ratio"], rows2)
     return t1 + "\n\n" + t2

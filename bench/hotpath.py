@@ -106,13 +106,22 @@ def count_commands(group: Group, quick: bool) -> dict[str, Any]:
     idle_s = 1.0 if quick else 3.0
     with Monitor() as idle:  # the same worker process with nothing to do: the dispatcher's polling
         time.sleep(idle_s)
-    evalsha = (stats1.get("cmdstat_evalsha", {}).get("calls", 0)
-               - stats0.get("cmdstat_evalsha", {}).get("calls", 0)) - mon.other_evalsha
-    out = {"sends": run.sends, "trips": mon.trips, "client": dict(mon.client), "lua": dict(mon.lua),
-           "commandstats_evalsha": evalsha, "idle_per_s": {k: v / idle_s for k, v in idle.client.items()},
-           "idle_trips_per_s": idle.trips / idle_s}
-    c.say(f"  {group.system:8} {mon.trips / run.sends:.2f} Redis round trips/send "
-          f"({sum(mon.lua.values()) / run.sends:.1f} commands inside scripts/send)")
+    evalsha = (
+        stats1.get("cmdstat_evalsha", {}).get("calls", 0) - stats0.get("cmdstat_evalsha", {}).get("calls", 0)
+    ) - mon.other_evalsha
+    out = {
+        "sends": run.sends,
+        "trips": mon.trips,
+        "client": dict(mon.client),
+        "lua": dict(mon.lua),
+        "commandstats_evalsha": evalsha,
+        "idle_per_s": {k: v / idle_s for k, v in idle.client.items()},
+        "idle_trips_per_s": idle.trips / idle_s,
+    }
+    c.say(
+        f"  {group.system:8} {mon.trips / run.sends:.2f} Redis round trips/send "
+        f"({sum(mon.lua.values()) / run.sends:.1f} commands inside scripts/send)"
+    )
     return out
 
 
@@ -125,9 +134,26 @@ def profile(group: Group, quick: bool, rate_hz: int = 250) -> dict[str, Any]:
     proc: list[subprocess.Popen[bytes]] = []
 
     def loaded() -> None:
-        proc.append(subprocess.Popen([spy, "record", "--pid", str(group.pids[0]), "--rate", str(rate_hz),
-                                      "--format", "raw", "--gil", "--nonblocking", "-o", out],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        proc.append(
+            subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(group.pids[0]),
+                    "--rate",
+                    str(rate_hz),
+                    "--format",
+                    "raw",
+                    "--gil",
+                    "--nonblocking",
+                    "-o",
+                    out,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         time.sleep(0.5)
 
     run = timed_run(group, backlog(100 if quick else 500, 10, "prof"), 0, warm=False, on_loaded=loaded)
@@ -144,8 +170,11 @@ def profile(group: Group, quick: bool, rate_hz: int = 250) -> dict[str, Any]:
 COMPONENTS = (  # (label, function name as py-spy prints it, file part)
     ("lane loop, all of it (LaneWorker.run_lane)", "LaneWorker.run_lane", "dmworker/worker.py"),
     ("HTTP POST to the Graph API (InstagramClient.request)", "InstagramClient.request", "dmworker/graph"),
-    ("  of which requests' proxy/env lookup (merge_environment_settings)",
-     "Session.merge_environment_settings", "requests/sessions.py"),
+    (
+        "  of which requests' proxy/env lookup (merge_environment_settings)",
+        "Session.merge_environment_settings",
+        "requests/sessions.py",
+    ),
     ("  of which urllib3 + http.client send/receive (HTTPAdapter.send)", "HTTPAdapter.send", "requests"),
     ("step.lua round trip (LaneStore.step)", "LaneStore.step", "dmworker/lanes.py"),
     ("  of which redis-py Script/EVALSHA call", "Script.__call__", "redis/commands"),
@@ -222,39 +251,67 @@ def section(counts: dict[str, Any], prof: dict[str, Any], micro_us: dict[str, fl
     d, n = counts["dmworker"], counts["naive"]
     dc, nc = _per(d["client"], d["sends"]), _per(n["client"], n["sends"])
     names = sorted(set(dc) | set(nc), key=lambda k: -(dc.get(k, 0) + nc.get(k, 0)))
-    rows = [[f"`{k}`", f"{dc.get(k, 0):.3f}", f"{nc.get(k, 0):.3f}"] for k in names if
-            dc.get(k, 0) + nc.get(k, 0) >= 0.005]
-    rows.append(["**round trips per send** (a MULTI..EXEC block = 1)", f"**{d['trips'] / d['sends']:.2f}**",
-                 f"**{n['trips'] / n['sends']:.2f}**"])
-    rows.append(["commands run inside Lua scripts per send", f"{sum(d['lua'].values()) / d['sends']:.1f}",
-                 f"{sum(n['lua'].values()) / n['sends']:.1f}"])
-    rows.append(["`cmdstat_evalsha` delta / sends (INFO commandstats less other DBs' EVALSHA)",
-                 f"{d['commandstats_evalsha'] / d['sends']:.2f}",
-                 f"{n['commandstats_evalsha'] / n['sends']:.2f}"])
+    rows = [
+        [f"`{k}`", f"{dc.get(k, 0):.3f}", f"{nc.get(k, 0):.3f}"]
+        for k in names
+        if dc.get(k, 0) + nc.get(k, 0) >= 0.005
+    ]
+    rows.append(
+        [
+            "**round trips per send** (a MULTI..EXEC block = 1)",
+            f"**{d['trips'] / d['sends']:.2f}**",
+            f"**{n['trips'] / n['sends']:.2f}**",
+        ]
+    )
+    rows.append(
+        [
+            "commands run inside Lua scripts per send",
+            f"{sum(d['lua'].values()) / d['sends']:.1f}",
+            f"{sum(n['lua'].values()) / n['sends']:.1f}",
+        ]
+    )
+    rows.append(
+        [
+            "`cmdstat_evalsha` delta / sends (INFO commandstats less other DBs' EVALSHA)",
+            f"{d['commandstats_evalsha'] / d['sends']:.2f}",
+            f"{n['commandstats_evalsha'] / n['sends']:.2f}",
+        ]
+    )
     t1 = c.table(["Redis command from a client, per send", "dmworker", "baseline"], rows)
     lua = sorted(_per(d["lua"], d["sends"]).items(), key=lambda kv: -kv[1])
-    t2 = c.table(["command inside step.lua (and dispatch.lua), per send", "calls"],
-                 [[f"`{k}`", f"{v:.2f}"] for k, v in lua if v >= 0.05])
+    t2 = c.table(
+        ["command inside step.lua (and dispatch.lua), per send", "calls"],
+        [[f"`{k}`", f"{v:.2f}"] for k, v in lua if v >= 0.05],
+    )
     parts = [t1, t2]
     if "error" in prof:
         parts.append(f"Profile: {prof['error']}")
     else:
         head = f"component (inclusive; % of {prof['samples']:,} samples holding the GIL)"
-        parts.append(c.table([head, "% time"],
-                             [[label, f"{v:.1f}"] for label, v in prof["components"]]))
-        parts.append(c.table(["function (self time)", "% time"],
-                             [[f"`{k}`", f"{v:.1f}"] for k, v in prof["self"]]))
+        parts.append(c.table([head, "% time"], [[label, f"{v:.1f}"] for label, v in prof["components"]]))
+        parts.append(
+            c.table(["function (self time)", "% time"], [[f"`{k}`", f"{v:.1f}"] for k, v in prof["self"]])
+        )
     m = micro_us
 
     def now(v: bool) -> str:
         return " (dmworker's setting)" if bool(m.get("trust_env_default", True)) == v else ""
 
-    parts.append(c.table(["piece measured alone (one thread, this process)", "us per call"], [
-        [f"POST a text to the sandbox, `requests` trust_env=True{now(True)}",
-         f"{m['post_trust_env_True']:.0f}"],
-        [f"POST a text to the sandbox, `requests` trust_env=False{now(False)}",
-         f"{m['post_trust_env_False']:.0f}"],
-        ["`load_job` (marshmallow re-validation of the stored job)", f"{m['load_job']:.1f}"],
-        ["`json.loads` of the same job", f"{m['json_loads']:.1f}"],
-    ]))
+    parts.append(
+        c.table(
+            ["piece measured alone (one thread, this process)", "us per call"],
+            [
+                [
+                    f"POST a text to the sandbox, `requests` trust_env=True{now(True)}",
+                    f"{m['post_trust_env_True']:.0f}",
+                ],
+                [
+                    f"POST a text to the sandbox, `requests` trust_env=False{now(False)}",
+                    f"{m['post_trust_env_False']:.0f}",
+                ],
+                ["`load_job` (marshmallow re-validation of the stored job)", f"{m['load_job']:.1f}"],
+                ["`json.loads` of the same job", f"{m['json_loads']:.1f}"],
+            ],
+        )
+    )
     return "\n\n".join(parts)

@@ -14,6 +14,7 @@ from workers import Group, backlog, timed_run
 
 from dmworker.keys import Keys
 from dmworker.lanes import LaneStore
+from dmworker.testing import max_in_window
 
 BURST = 5  # the default DMWORKER_RATE_BURST
 
@@ -29,8 +30,9 @@ def decision_cost(sandbox: Any, quick: bool) -> dict[str, dict[str, float]]:
         "plain SET": lambda: r.set(f"{prefix}:k", "1"),
         "plain EVALSHA of `return 1`": lambda: trivial(),
         "limit.lua (LaneStore.limit)": lambda: store.limit(c.ACCOUNT, "text"),
-        "step.lua on an empty lane (LaneStore.step)":
-            lambda: store.step(c.ACCOUNT, "empty", "h", acquire=True),
+        "step.lua on an empty lane (LaneStore.step)": lambda: store.step(
+            c.ACCOUNT, "empty", "h", acquire=True
+        ),
     }
     walls: dict[str, list[float]] = {k: [] for k in calls}
     cpus: dict[str, float] = dict.fromkeys(calls, 0.0)
@@ -55,16 +57,6 @@ def decision_cost(sandbox: Any, quick: bool) -> dict[str, dict[str, float]]:
     return out
 
 
-def _max_in_window(times_ms: list[float], window_ms: float = 1000.0) -> int:
-    times_ms = sorted(times_ms)
-    best, j = 0, 0
-    for i in range(len(times_ms)):
-        while times_ms[i] - times_ms[j] >= window_ms:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
-
-
 def _achieved(times_ms: list[float], t0: float) -> float:
     """Sends beyond the initial burst, per second after the release (steady-state rate)."""
     return (len(times_ms) - BURST) / (max(times_ms) / 1000 - t0)
@@ -84,33 +76,50 @@ def saturation(sandbox: Any, quick: bool, procs: int = 4, threads: int = 8) -> d
     seconds = 4 if quick else 15
     accounts = list(c.accounts(21).values())
     one, many = accounts[0], accounts[1:]
-    g = Group("dmworker", procs, threads, sandbox, n_accounts=21, rate="20/s",
-              account_rates={one: "50/s"}).start()
+    g = Group(
+        "dmworker", procs, threads, sandbox, n_accounts=21, rate="20/s", account_rates={one: "50/s"}
+    ).start()
     out: dict[str, Any] = {"procs": procs, "threads": threads, "seconds": seconds}
     try:
         per = max(2, round((50 * seconds + BURST) / 100))
         run = timed_run(g, backlog(100, per, "sat1", [one]), 0)
         times = [x["t_ms"] for x in run.records]
-        out["one"] = {"limit": 50.0, "n": run.sends, "achieved": _achieved(times, run.t0),
-                      "max_1s": _max_in_window(times), "elapsed": run.elapsed_s,
-                      "max_1s_redis": _max_in_window(_decisions(g, one))}
+        out["one"] = {
+            "limit": 50.0,
+            "n": run.sends,
+            "achieved": _achieved(times, run.t0),
+            "max_1s": max_in_window(times),
+            "elapsed": run.elapsed_s,
+            "max_1s_redis": max_in_window(_decisions(g, one)),
+        }
         keys = Keys(g.prefix)
         out["one"]["waits"] = int(g.r.hget(keys.account(one).stats, "limiter_waits") or 0)
-        c.say(f"  1 account at 50/s: {out['one']['achieved']:.2f}/s over {run.elapsed_s:.1f} s, "
-              f"max {out['one']['max_1s']} in any 1 s")
+        c.say(
+            f"  1 account at 50/s: {out['one']['achieved']:.2f}/s over {run.elapsed_s:.1f} s, "
+            f"max {out['one']['max_1s']} in any 1 s"
+        )
         per = max(2, round((20 * seconds + BURST) / 20))
         run = timed_run(g, backlog(20, per, "sat20", many), 0, warm=False)
         by: dict[str, list[float]] = {}
         for x in run.records:
             by.setdefault(x["account"], []).append(x["t_ms"])
         ach = [_achieved(v, run.t0) for v in by.values()]
-        out["many"] = {"limit": 20.0, "n": run.sends, "accounts": len(by), "mean": sum(ach) / len(ach),
-                       "min": min(ach), "max": max(ach),
-                       "max_1s": max(_max_in_window(v) for v in by.values()),
-                       "total": run.sends / run.elapsed_s, "elapsed": run.elapsed_s,
-                       "max_1s_redis": max(_max_in_window(_decisions(g, a)) for a in many)}
-        c.say(f"  20 accounts at 20/s: mean {out['many']['mean']:.2f}/s, min {out['many']['min']:.2f}/s "
-              f"per account, total {out['many']['total']:.0f}/s")
+        out["many"] = {
+            "limit": 20.0,
+            "n": run.sends,
+            "accounts": len(by),
+            "mean": sum(ach) / len(ach),
+            "min": min(ach),
+            "max": max(ach),
+            "max_1s": max(max_in_window(v) for v in by.values()),
+            "total": run.sends / run.elapsed_s,
+            "elapsed": run.elapsed_s,
+            "max_1s_redis": max(max_in_window(_decisions(g, a)) for a in many),
+        }
+        c.say(
+            f"  20 accounts at 20/s: mean {out['many']['mean']:.2f}/s, min {out['many']['min']:.2f}/s "
+            f"per account, total {out['many']['total']:.0f}/s"
+        )
         out["many"]["waits"] = sum(int(g.r.hget(keys.account(a).stats, "limiter_waits") or 0) for a in many)
     finally:
         g.stop()
@@ -119,24 +128,49 @@ def saturation(sandbox: Any, quick: bool, procs: int = 4, threads: int = 8) -> d
 
 def section(cost: dict[str, dict[str, float]], sat: dict[str, Any]) -> str:
     base = cost["plain SET"]["us"]
-    rows = [[name, f"{v['us']:.1f}", f"{v['redis_us']:.1f}", c.ratio(v["us"], base)]
-            for name, v in cost.items()]
-    t1 = c.table(["call (one connection, one thread)", "us per call (round trip, median of 10 rounds)",
-                  "Redis CPU us per call",
-                  "vs plain SET"], rows)
+    rows = [
+        [name, f"{v['us']:.1f}", f"{v['redis_us']:.1f}", c.ratio(v["us"], base)] for name, v in cost.items()
+    ]
+    t1 = c.table(
+        [
+            "call (one connection, one thread)",
+            "us per call (round trip, median of 10 rounds)",
+            "Redis CPU us per call",
+            "vs plain SET",
+        ],
+        rows,
+    )
     one, many = sat["one"], sat["many"]
     rows2 = [
-        ["1 account, 50/s", f"{one['n']:,}", "50.0", f"{one['achieved']:.2f}",
-         f"{one['achieved'] / one['limit']:.1%}",
-         f"{one['max_1s_redis']} / {one['max_1s']} (bound {50 + BURST})"],
-        [f"{many['accounts']} accounts, 20/s each", f"{many['n']:,}", "20.0 each",
-         f"{many['mean']:.2f} mean, {many['min']:.2f} min", f"{many['mean'] / many['limit']:.1%} mean, "
-         f"{many['min'] / many['limit']:.1%} min",
-         f"{many['max_1s_redis']} / {many['max_1s']} (bound {20 + BURST})"],
+        [
+            "1 account, 50/s",
+            f"{one['n']:,}",
+            "50.0",
+            f"{one['achieved']:.2f}",
+            f"{one['achieved'] / one['limit']:.1%}",
+            f"{one['max_1s_redis']} / {one['max_1s']} (bound {50 + BURST})",
+        ],
+        [
+            f"{many['accounts']} accounts, 20/s each",
+            f"{many['n']:,}",
+            "20.0 each",
+            f"{many['mean']:.2f} mean, {many['min']:.2f} min",
+            f"{many['mean'] / many['limit']:.1%} mean, {many['min'] / many['limit']:.1%} min",
+            f"{many['max_1s_redis']} / {many['max_1s']} (bound {20 + BURST})",
+        ],
     ]
     rows2[0].append(f"{one['waits'] / one['n']:.2f}")
     rows2[1].append(f"{many['waits'] / many['n']:.2f}")
-    t2 = c.table(["scenario", "sends", "limit (baseline) /s", "achieved /s", "efficiency",
-                  "most sends in any 1 s window: limiter decisions (Redis clock) / sandbox receipts",
-                  "limiter waits per send"], rows2)
+    t2 = c.table(
+        [
+            "scenario",
+            "sends",
+            "limit (baseline) /s",
+            "achieved /s",
+            "efficiency",
+            "most sends in any 1 s window: limiter decisions (Redis clock) / sandbox receipts",
+            "limiter waits per send",
+        ],
+        rows2,
+    )
     return t1 + "\n\n" + t2

@@ -80,22 +80,54 @@ def _ready(**_: Any) -> None:
     print("naive worker ready", file=sys.stderr, flush=True)
 
 
-def start_workers(prefix: str, n: int, concurrency: int, graph_url: str, token: str,
-                  broker: str, log_dir: str) -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    prefix: str, n: int, concurrency: int, graph_url: str, token: str, broker: str, log_dir: str
+) -> list[subprocess.Popen[bytes]]:
     """Start ``n`` baseline worker processes; their logs go to ``log_dir/naive<i>.log``."""
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ)
-    env.update({"NAIVE_PREFIX": prefix, "NAIVE_BROKER": broker, "NAIVE_GRAPH_URL": graph_url,
-                "NAIVE_TOKEN": token,
-                "PYTHONPATH": os.pathsep.join([here, os.path.dirname(here), env.get("PYTHONPATH", "")])})
+    env.update(
+        {
+            "NAIVE_PREFIX": prefix,
+            "NAIVE_BROKER": broker,
+            "NAIVE_GRAPH_URL": graph_url,
+            "NAIVE_TOKEN": token,
+            "PYTHONPATH": os.pathsep.join([here, os.path.dirname(here), env.get("PYTHONPATH", "")]),
+        }
+    )
     procs = []
     for i in range(n):
         log = open(os.path.join(log_dir, f"naive{i}.log"), "ab")  # noqa: SIM115 - the child owns it
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "naive", "worker", "--pool", "threads",
-             "--concurrency", str(concurrency), "--loglevel", "WARNING", "-n", f"naive{i}-{prefix}@%h",
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", queue_name(prefix)],
-            env=env, cwd=here, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "naive",
+                    "worker",
+                    "--pool",
+                    "threads",
+                    "--concurrency",
+                    str(concurrency),
+                    "--loglevel",
+                    "WARNING",
+                    "-n",
+                    f"naive{i}-{prefix}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "-Q",
+                    queue_name(prefix),
+                ],
+                env=env,
+                cwd=here,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         log.close()
     return procs
 

@@ -25,7 +25,8 @@ def _scaling_text(res: dict[str, Any]) -> str:
                 f"{runs[0].util('workers'):.2f} cores of worker CPU; at its best the machine was "
                 f"{best.util('machine'):.2f} of 2 cores busy (workers {best.util('workers'):.2f}, Redis "
                 f"{best.util('redis'):.2f}, sandbox {best.util('sandbox'):.2f}, this benchmark "
-                f"{best.util('bench'):.2f}, other processes {best.util('other'):.2f}).")
+                f"{best.util('bench'):.2f}, other processes {best.util('other'):.2f})."
+            )
     return "\n".join(lines)
 
 
@@ -39,7 +40,8 @@ def _why(res: dict[str, Any]) -> str:
         f"machine is at {busy[4]:.2f} of 2 and no idle CPU is left, so more processes only share the same "
         "cores (more context switches and GIL hand-offs per send). Workers take most of it; Redis and the "
         "sandbox about 0.1-0.2 core each. Throughput is therefore set by CPU per send (sections 2 and 8), "
-        "not by Redis, the sandbox or latency (at 50 ms, 100 threads per process could carry 2,000 sends/s).")
+        "not by Redis, the sandbox or latency (at 50 ms, 100 threads per process could carry 2,000 sends/s)."
+    )
 
 
 def _pct(comp: dict[str, float], prefix: str) -> str:
@@ -72,38 +74,53 @@ def _hot_text(r: dict[str, Any]) -> str:
     d1, n1 = runs[tp.key("dmworker", 1, 0)], runs[tp.key("naive", 1, 0)]
     saved = m["post_trust_env_True"] - m["post_trust_env_False"]
     lua = {k: v / cnt["sends"] for k, v in cnt["lua"].items()}
-    idle = ", ".join(f"`{k}` {v:.0f}/s" for k, v in sorted(cnt["idle_per_s"].items(), key=lambda kv: -kv[1])
-                     if v >= 0.5)
+    idle = ", ".join(
+        f"`{k}` {v:.0f}/s" for k, v in sorted(cnt["idle_per_s"].items(), key=lambda kv: -kv[1]) if v >= 0.5
+    )
     items, done = [], []
-    env = (f"`requests` environment lookups per POST (proxy variables scanned from `os.environ`, the CA "
-           f"bundle variable): {saved:.0f} us per POST measured alone ({m['post_trust_env_True']:.0f} us "
-           f"with `trust_env=True`, {m['post_trust_env_False']:.0f} us without)")
+    env = (
+        f"`requests` environment lookups per POST (proxy variables scanned from `os.environ`, the CA "
+        f"bundle variable): {saved:.0f} us per POST measured alone ({m['post_trust_env_True']:.0f} us "
+        f"with `trust_env=True`, {m['post_trust_env_False']:.0f} us without)"
+    )
     if m.get("trust_env_default", True):
-        items.append(f"**{env}**; {_pct(comp, 'of which requests')} % of the worker's samples. Fix: "
-                     "`session.trust_env = False` in `graph/client.py::_pooled_session`.")
+        items.append(
+            f"**{env}**; {_pct(comp, 'of which requests')} % of the worker's samples. Fix: "
+            "`session.trust_env = False` in `graph/client.py::_pooled_session`."
+        )
     else:
-        done.append(env + f"; the measured code sets `trust_env=False` ({_pct(comp, 'of which requests')} % "
-                    "of samples left in `merge_environment_settings`).")
+        done.append(
+            env + f"; the measured code sets `trust_env=False` ({_pct(comp, 'of which requests')} % "
+            "of samples left in `merge_environment_settings`)."
+        )
     trips = enq["trips_existing"][0]
     if trips > 1.05:
-        items.append("**An extra `SCRIPT EXISTS` round trip before pipelined script calls**: `send_text` to "
-                     f"an existing lane costs {trips:.0f} round trips, not 1 (redis-py's pipeline checks its "
-                     "scripts on every `execute()`). Fix: queue `pipe.evalsha(sha, ...)` directly, reload on "
-                     "NOSCRIPT.")
+        items.append(
+            "**An extra `SCRIPT EXISTS` round trip before pipelined script calls**: `send_text` to "
+            f"an existing lane costs {trips:.0f} round trips, not 1 (redis-py's pipeline checks its "
+            "scripts on every `execute()`). Fix: queue `pipe.evalsha(sha, ...)` directly, reload on "
+            "NOSCRIPT."
+        )
     else:
-        done.append(f"`send_text` to an existing lane is {trips:.2f} Redis round trips "
-                    f"({enq['trips_new'][0]:.2f} with the publish): no `SCRIPT EXISTS` before pipelined "
-                    "scripts.")
+        done.append(
+            f"`send_text` to an existing lane is {trips:.2f} Redis round trips "
+            f"({enq['trips_new'][0]:.2f} with the publish): no `SCRIPT EXISTS` before pipelined "
+            "scripts."
+        )
     if m["load_job"] > 5 * m["json_loads"]:
-        items.append(f"**Re-validating every stored job with marshmallow**: `load_job` takes "
-                     f"{m['load_job']:.0f} us per send ({_pct(comp, 'job re-validation')} % of samples) "
-                     f"against "
-                     f"{m['json_loads']:.1f} us for `json.loads`. The producer validated it already; keep a "
-                     "check at the boundary but make the common case cheap (a plain-Python check of "
-                     "`v == SCHEMA_VERSION` jobs of the common kinds, the full schema otherwise).")
-    items.append(f"**Per-call Python work in `LaneStore.step`** ({_pct(comp, 'step.lua')} % of samples "
-                 f"including the round trip): {_step_rebuilds()} on every send, though only the outcome "
-                 "changes during a lane visit: build keys and static ARGV once per `run_lane`.")
+        items.append(
+            f"**Re-validating every stored job with marshmallow**: `load_job` takes "
+            f"{m['load_job']:.0f} us per send ({_pct(comp, 'job re-validation')} % of samples) "
+            f"against "
+            f"{m['json_loads']:.1f} us for `json.loads`. The producer validated it already; keep a "
+            "check at the boundary but make the common case cheap (a plain-Python check of "
+            "`v == SCHEMA_VERSION` jobs of the common kinds, the full schema otherwise)."
+        )
+    items.append(
+        f"**Per-call Python work in `LaneStore.step`** ({_pct(comp, 'step.lua')} % of samples "
+        f"including the round trip): {_step_rebuilds()} on every send, though only the outcome "
+        "changes during a lane visit: build keys and static ARGV once per `run_lane`."
+    )
     items.append(
         f"**Bookkeeping inside step.lua**: {sum(lua.values()):.1f} Redis commands per send run inside the "
         f"scripts (Redis CPU {d1.cpu_us_per_send('redis'):.0f} us/send for dmworker vs "
@@ -112,29 +129,37 @@ def _hot_text(r: dict[str, Any]) -> str:
         f"+ {lua.get('HINCRBYFLOAT', 0):.1f} `HINCRBYFLOAT` for statistics, {lua.get('GET', 0):.1f} `GET` of "
         f"the lease, {lua.get('HGET', 0):.1f} `HGET` and {lua.get('HSET', 0):.1f} `HSET` (the status JSON is "
         "decoded and encoded at handout and again at the outcome). One counter per outcome (latency kept in "
-        "the worker or sampled) and one lease read per step would cut them.")
+        "the worker or sampled) and one lease read per step would cut them."
+    )
     items.append(
         "**Dispatcher polling in every worker process**: an idle worker process still sends "
         f"{idle or 'nothing'} "
         f"({cnt['idle_trips_per_s']:.0f} round trips/s) whatever the load, N times over with N processes "
         f"({_pct(comp, 'dispatcher')} % of one busy worker's samples). One `dmworker scheduler` (or one "
         f"elected "
-        "worker) is enough; the other workers could leave the embedded dispatcher off.")
+        "worker) is enough; the other workers could leave the embedded dispatcher off."
+    )
     items.append(
         f"**One Celery publish per new lane** bounds bulk enqueue to many recipients: `send_many` reaches "
         f"{enq['send_many_10']:,.0f}/s with 10 jobs per recipient but {enq['send_many_1']:,.0f}/s with 1 "
         "(one kombu `LPUSH` round trip per new lane). Publishing a chunk's lane messages in one pipelined "
-        "round trip would lift the second figure toward the first.")
-    out = ["On the hot path but not needed there (evidence above; dmworker/ was not changed by this "
-           "benchmark):", ""]
+        "round trip would lift the second figure toward the first."
+    )
+    out = [
+        "On the hot path but not needed there (evidence above; dmworker/ was not changed by this benchmark):",
+        "",
+    ]
     out += [f"{i}. {t}" for i, t in enumerate(items, 1)]
     if done:
         out += ["", "Already removed in the measured code (kept here as evidence of the gain):", ""]
         out += [f"- {t}" for t in done]
-    out += ["", "Needed and kept: the single `step` EVALSHA per send (outcome + next job in one round trip), "
-            "the lease renewal and the `ready` score update (crash safety), and one Celery message per lane "
-            "visit rather than per send (why dmworker needs about half the Redis round trips per send of the "
-            "baseline)."]
+    out += [
+        "",
+        "Needed and kept: the single `step` EVALSHA per send (outcome + next job in one round trip), "
+        "the lease renewal and the `ready` score update (crash safety), and one Celery message per lane "
+        "visit rather than per send (why dmworker needs about half the Redis round trips per send of the "
+        "baseline).",
+    ]
     return "\n".join(out)
 
 
@@ -147,8 +172,11 @@ def render(r: dict[str, Any]) -> str:
         f"Generated by `{r['command']}` on {r['started']:%Y-%m-%d %H:%M} UTC in {r['seconds']:.0f} s "
         f"({'quick: smaller counts' if r['quick'] else 'full run'}). Every figure sits beside its baseline, "
         "measured in the same run. Re-run the command to refresh this page.",
-        c.table(["machine", ""], [[k, v] for k, v in m.items()] + [
-            ["load average before / after", f"{r['load_before']} / {r['load_after']}"]]),
+        c.table(
+            ["machine", ""],
+            [[k, v] for k, v in m.items()]
+            + [["load average before / after", f"{r['load_before']} / {r['load_after']}"]],
+        ),
         "Everything runs on this one machine: Redis 127.0.0.1:6379 (DB 14, own key prefix, deleted "
         "afterwards), the Graph API sandbox in its own process, the worker processes, and this benchmark "
         "(producer and measurement). Other test suites may share the 2 cores; the *others' cores* column of "
@@ -168,7 +196,7 @@ def render(r: dict[str, Any]) -> str:
     ]
     body = [
         "## 1. Throughput (sends/s)",
-        tp.section_throughput(runs, r['quick']),
+        tp.section_throughput(runs, r["quick"]),
         f"Concurrency {tp.CONCURRENCY} threads per process (`--concurrency {tp.CONCURRENCY}`, "
         f"`DMWORKER_HTTP_POOL_SIZE={max(64, tp.CONCURRENCY)}`); each recipient's jobs are enqueued back to "
         "back (a conversation); the last row gives each of many recipients a single job, dmworker's worst "
@@ -241,9 +269,21 @@ def summary(r: dict[str, Any]) -> str:
     d, n = runs[tp.key("dmworker", 1, 0, True)], runs[tp.key("naive", 1, 0, True)]
     rows.append(["throughput 1p 0ms, 1 job/recipient", c.f0(d.rate), c.f0(n.rate), c.ratio(d.rate, n.rate)])
     d, n = runs[tp.key("dmworker", 1, 0)], runs[tp.key("naive", 1, 0)]
-    rows.append(["worker CPU us/send 1p 0ms", c.f0(d.cpu_us_per_send("workers")),
-                 c.f0(n.cpu_us_per_send("workers")), ""])
+    rows.append(
+        [
+            "worker CPU us/send 1p 0ms",
+            c.f0(d.cpu_us_per_send("workers")),
+            c.f0(n.cpu_us_per_send("workers")),
+            "",
+        ]
+    )
     e = r["e2e"]
-    rows.append(["e2e p50/p99 ms", f"{e['dmworker']['p50']:.1f}/{e['dmworker']['p99']:.1f}",
-                 f"{e['naive']['p50']:.1f}/{e['naive']['p99']:.1f}", ""])
+    rows.append(
+        [
+            "e2e p50/p99 ms",
+            f"{e['dmworker']['p50']:.1f}/{e['dmworker']['p99']:.1f}",
+            f"{e['naive']['p50']:.1f}/{e['naive']['p99']:.1f}",
+            "",
+        ]
+    )
     return c.table(["figure", "dmworker", "baseline", "ratio"], rows)

@@ -91,8 +91,9 @@ def main() -> int:
         command += f" --out {args.out}"
     c.say(f"dmworker benchmarks ({'quick' if args.quick else 'full'}), load average {c.loadavg()}")
     results = measure_all(args.quick)
-    results.update(machine=c.machine(), started=started, seconds=time.monotonic() - t0,
-                   command=command, quick=args.quick)
+    results.update(
+        machine=c.machine(), started=started, seconds=time.monotonic() - t0, command=command, quick=args.quick
+    )
     text = report.render(results)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -80,8 +80,9 @@ def run(proc: SandboxProcess, threads: int, procs: int, seconds: float, trust_en
     if procs == 1:
         client(proc.url, threads, seconds, trust_env, results)
     else:
-        children = [ctx.Process(target=client, args=(proc.url, n, seconds, trust_env, results))
-                    for n in split]
+        children = [
+            ctx.Process(target=client, args=(proc.url, n, seconds, trust_env, results)) for n in split
+        ]
         for c in children:
             c.start()
         for c in children:
@@ -93,8 +94,10 @@ def run(proc: SandboxProcess, threads: int, procs: int, seconds: float, trust_en
         n_ok, n_bad, elapsed = results.get()
         ok, bad, rate = ok + n_ok, bad + n_bad, rate + n_ok / elapsed
     recorded = ctl.stats()["sends"] - threads  # minus the warm-up sends
-    line = (f"threads={threads:<3} procs={procs}  {rate:7.0f} req/s  ({ok} ok, {bad} errors, "
-            f"sandbox recorded {recorded})")
+    line = (
+        f"threads={threads:<3} procs={procs}  {rate:7.0f} req/s  ({ok} ok, {bad} errors, "
+        f"sandbox recorded {recorded})"
+    )
     if cpu0 is not None and cpu1 is not None and ok:
         per_req_us = (cpu1 - cpu0) / (ok + bad + threads) * 1e6
         line += f"  sandbox CPU {per_req_us:.0f} us/request (~{1e6 / per_req_us:,.0f} req/s per core)"

@@ -24,9 +24,17 @@ def _schedule(args: tuple[Any, int, int]) -> int:
     settings, start, stop = args
     ob = Outbox(settings=settings, client=c.rdb(), publish=lambda a, r: None)
     for lo in range(start, stop, CHUNK):
-        ob.send_many([{"kind": "text", "recipient": str(700000000 + i % RECIPIENTS),
-                       "text": f"Still there? Reply to keep the conversation going ({i})",
-                       "delay": 3600 + i % 600} for i in range(lo, min(stop, lo + CHUNK))])
+        ob.send_many(
+            [
+                {
+                    "kind": "text",
+                    "recipient": str(700000000 + i % RECIPIENTS),
+                    "text": f"Still there? Reply to keep the conversation going ({i})",
+                    "delay": 3600 + i % 600,
+                }
+                for i in range(lo, min(stop, lo + CHUNK))
+            ]
+        )
     return stop - start
 
 
@@ -49,9 +57,17 @@ def run(sandbox: Any, quick: bool, producers: int = 2) -> dict[str, Any]:
         t = time.perf_counter()
         with app.producer_or_acquire() as producer:
             for i in range(n_celery):
-                app.send_task("bench.followup", (c.ACCOUNT, str(700000000 + i % RECIPIENTS),
-                                                 f"Still there? Reply to keep the conversation going ({i})"),
-                              countdown=3600 + i % 600, queue=f"{prefix}.eta", producer=producer)
+                app.send_task(
+                    "bench.followup",
+                    (
+                        c.ACCOUNT,
+                        str(700000000 + i % RECIPIENTS),
+                        f"Still there? Reply to keep the conversation going ({i})",
+                    ),
+                    countdown=3600 + i % 600,
+                    queue=f"{prefix}.eta",
+                    producer=producer,
+                )
         out["celery_s"] = time.perf_counter() - t
         out["celery_bytes"] = (_used(r) - m0) / n_celery
         out["celery_key_bytes"] = (r.memory_usage(c.queue_key(prefix, f"{prefix}.eta")) or 0) / n_celery
@@ -69,8 +85,10 @@ def run(sandbox: Any, quick: bool, producers: int = 2) -> dict[str, Any]:
         out["bytes"] = (_used(r) - m0) / done
         k = LaneStore(s, r).acct(c.ACCOUNT)
         out["key_bytes"] = sum(r.memory_usage(key) or 0 for key in (k.jobs, k.status, k.sched)) / done
-        c.say(f"  {done:,} follow-ups scheduled in {out['schedule_s']:.1f} s ({producers} producers): "
-              f"{out['bytes']:.0f} bytes each")
+        c.say(
+            f"  {done:,} follow-ups scheduled in {out['schedule_s']:.1f} s ({producers} producers): "
+            f"{out['bytes']:.0f} bytes each"
+        )
         # promotions: a backlog all due (the clock is injected 30 days ahead)
         store = LaneStore(s, r)
         disp = Dispatcher(store, lambda a, rr: None)
@@ -103,17 +121,29 @@ def run(sandbox: Any, quick: bool, producers: int = 2) -> dict[str, Any]:
 
 def section(res: dict[str, Any]) -> str:
     rows = [
-        [f"Redis memory per scheduled follow-up ({res['n']:,} scheduled), used_memory delta",
-         f"{res['bytes']:.0f} B",
-         f"{res['celery_bytes']:.0f} B (Celery countdown message, {res['n_celery']:,})",
-         c.ratio(res["bytes"], res["celery_bytes"])],
-        ["the same from `MEMORY USAGE` of the keys (sampled)", f"{res['key_bytes']:.0f} B",
-         f"{res['celery_key_bytes']:.0f} B (the queue list)",
-         c.ratio(res["key_bytes"], res["celery_key_bytes"])],
-        ["promotions/s (Dispatcher.tick, 1000 per tick)", c.f0(res["promote_rate"]),
-         f"{c.f0(res['raw_rate'])} (ZPOPMIN + RPUSH, not atomic, no status)",
-         c.ratio(res["promote_rate"], res["raw_rate"])],
-        ["scheduling rate (send_many, 2 producer processes)", f"{c.f0(res['n'] / res['schedule_s'])}/s",
-         f"{c.f0(res['n_celery'] / res['celery_s'])}/s (apply_async countdown, 1 process)", ""],
+        [
+            f"Redis memory per scheduled follow-up ({res['n']:,} scheduled), used_memory delta",
+            f"{res['bytes']:.0f} B",
+            f"{res['celery_bytes']:.0f} B (Celery countdown message, {res['n_celery']:,})",
+            c.ratio(res["bytes"], res["celery_bytes"]),
+        ],
+        [
+            "the same from `MEMORY USAGE` of the keys (sampled)",
+            f"{res['key_bytes']:.0f} B",
+            f"{res['celery_key_bytes']:.0f} B (the queue list)",
+            c.ratio(res["key_bytes"], res["celery_key_bytes"]),
+        ],
+        [
+            "promotions/s (Dispatcher.tick, 1000 per tick)",
+            c.f0(res["promote_rate"]),
+            f"{c.f0(res['raw_rate'])} (ZPOPMIN + RPUSH, not atomic, no status)",
+            c.ratio(res["promote_rate"], res["raw_rate"]),
+        ],
+        [
+            "scheduling rate (send_many, 2 producer processes)",
+            f"{c.f0(res['n'] / res['schedule_s'])}/s",
+            f"{c.f0(res['n_celery'] / res['celery_s'])}/s (apply_async countdown, 1 process)",
+            "",
+        ],
     ]
     return c.table(["figure", "dmworker", "baseline", "ratio"], rows)

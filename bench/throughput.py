@@ -37,8 +37,9 @@ def measure(group: Group, latency_ms: int, quick: bool, single: bool = False) ->
     if single:
         items = backlog(1000 if quick else 3000, 1, f"{group.system}single")
     else:
-        items = backlog(recipients_for(latency_ms, quick), per_recipient(latency_ms, quick),
-                        f"{group.system}{latency_ms}")
+        items = backlog(
+            recipients_for(latency_ms, quick), per_recipient(latency_ms, quick), f"{group.system}{latency_ms}"
+        )
     # full run: best of 2 at 0/50 ms (short runs on a shared 2-core machine), and up to 2 more tries
     # while other processes took more than OTHERS_MAX cores during every try so far
     repeats = 1 if quick or single or latency_ms >= 200 else 2
@@ -50,10 +51,12 @@ def measure(group: Group, latency_ms: int, quick: bool, single: bool = False) ->
     run.tries = [t.rate for t in tries]
     what = " 1 job/recipient" if single else ""
     seen = f" (tries {', '.join(f'{t:.0f}' for t in run.tries)})" if len(run.tries) > 1 else ""
-    c.say(f"  {group.system:8} procs={group.nprocs} latency={latency_ms:>3} ms{what}: "
-          f"{run.rate:7.0f} sends/s{seen} "
-          f"({run.sends} in {run.elapsed_s:.2f} s; worker CPU {run.cpu_us_per_send('workers'):.0f} us/send; "
-          f"reordered {run.accounting['reordered']}, lost {run.accounting['lost']})")
+    c.say(
+        f"  {group.system:8} procs={group.nprocs} latency={latency_ms:>3} ms{what}: "
+        f"{run.rate:7.0f} sends/s{seen} "
+        f"({run.sends} in {run.elapsed_s:.2f} s; worker CPU {run.cpu_us_per_send('workers'):.0f} us/send; "
+        f"reordered {run.accounting['reordered']}, lost {run.accounting['lost']})"
+    )
     return run
 
 
@@ -65,9 +68,13 @@ def e2e(group: Group, rate: float, seconds: float) -> dict[str, Any]:
     enq: dict[str, float] = {}
     with group.app.producer_or_acquire() as producer:
         if group.system == "dmworker":
-            ob = Outbox(settings=group.settings, client=group.r,
-                        publish=lambda a, r: group.app.send_task(LANE_TASK, (a, r), queue=group.queue,
-                                                                 producer=producer))
+            ob = Outbox(
+                settings=group.settings,
+                client=group.r,
+                publish=lambda a, r: group.app.send_task(
+                    LANE_TASK, (a, r), queue=group.queue, producer=producer
+                ),
+            )
 
             def send(r: str, text: str) -> None:
                 ob.send_text(r, text)
@@ -103,29 +110,60 @@ def section_throughput(res: dict[str, Run], quick: bool) -> str:
     for lat, procs, single in cases:
         d, n = res[_key("dmworker", procs, lat, single)], res[_key("naive", procs, lat, single)]
         per = 1 if single else per_recipient(lat, quick)
-        rows.append([f"{lat} ms", procs, CONCURRENCY, f"{d.sends // per:,} x {per}", c.f0(d.rate),
-                     c.f0(n.rate),
-                     c.ratio(d.rate, n.rate), f"{d.accounting['reordered']} / {n.accounting['reordered']}"])
-    return c.table(["sandbox latency", "worker procs", "threads/proc", "recipients x jobs",
-                    "dmworker sends/s",
-                    "baseline sends/s", "ratio", "reordered (dmworker / baseline)"], rows)
+        rows.append(
+            [
+                f"{lat} ms",
+                procs,
+                CONCURRENCY,
+                f"{d.sends // per:,} x {per}",
+                c.f0(d.rate),
+                c.f0(n.rate),
+                c.ratio(d.rate, n.rate),
+                f"{d.accounting['reordered']} / {n.accounting['reordered']}",
+            ]
+        )
+    return c.table(
+        [
+            "sandbox latency",
+            "worker procs",
+            "threads/proc",
+            "recipients x jobs",
+            "dmworker sends/s",
+            "baseline sends/s",
+            "ratio",
+            "reordered (dmworker / baseline)",
+        ],
+        rows,
+    )
 
 
 def section_cpu(res: dict[str, Run]) -> str:
     rows = []
     for procs in (1, 4):
         d, n = res[_key("dmworker", procs, 0)], res[_key("naive", procs, 0)]
-        for kind, label in (("workers", "worker process(es)"), ("redis", "redis-server"),
-                            ("sandbox", "sandbox")):
-            rows.append([procs, label, c.f0(d.cpu_us_per_send(kind)), c.f0(n.cpu_us_per_send(kind)),
-                         c.ratio(d.cpu_us_per_send(kind), n.cpu_us_per_send(kind))])
+        for kind, label in (
+            ("workers", "worker process(es)"),
+            ("redis", "redis-server"),
+            ("sandbox", "sandbox"),
+        ):
+            rows.append(
+                [
+                    procs,
+                    label,
+                    c.f0(d.cpu_us_per_send(kind)),
+                    c.f0(n.cpu_us_per_send(kind)),
+                    c.ratio(d.cpu_us_per_send(kind), n.cpu_us_per_send(kind)),
+                ]
+            )
     return c.table(["worker procs", "process", "dmworker us CPU/send", "baseline us CPU/send", "ratio"], rows)
 
 
 def section_e2e(lat: dict[str, dict[str, Any]]) -> str:
     d, n = lat["dmworker"], lat["naive"]
-    rows = [[name, f"{d[k]:.1f}", f"{n[k]:.1f}", c.ratio(d[k], n[k])]
-            for name, k in (("p50 ms", "p50"), ("p99 ms", "p99"), ("max ms", "max"))]
+    rows = [
+        [name, f"{d[k]:.1f}", f"{n[k]:.1f}", c.ratio(d[k], n[k])]
+        for name, k in (("p50 ms", "p50"), ("p99 ms", "p99"), ("max ms", "max"))
+    ]
     rows.insert(0, ["paced rate (sends/s)", c.f0(d["rate"]), c.f0(n["rate"]), ""])
     return c.table(["", "dmworker", "baseline", "ratio"], rows)
 
@@ -138,13 +176,39 @@ def section_scaling(res: dict[str, Run]) -> str:
             for procs in (1, 2, 4):
                 r = res[_key(system, procs, lat)]
                 other = r.util("other")
-                rows.append([f"{lat} ms", "dmworker" if system == "dmworker" else "baseline", procs,
-                             c.f0(r.rate), c.ratio(r.rate, one.rate), f"{r.util('workers'):.2f}",
-                             f"{r.util('redis'):.2f}", f"{r.util('sandbox'):.2f}",
-                             f"{r.util('bench'):.2f}", f"{other:.2f}",
-                             f"{r.util('machine'):.2f} / 2", " / ".join(c.f0(t) for t in r.tries)])
-    return c.table(["latency", "system", "procs", "sends/s", "vs 1 proc", "workers cores", "redis cores",
-                    "sandbox cores", "bench cores", "others' cores", "machine busy", "tries (sends/s)"], rows)
+                rows.append(
+                    [
+                        f"{lat} ms",
+                        "dmworker" if system == "dmworker" else "baseline",
+                        procs,
+                        c.f0(r.rate),
+                        c.ratio(r.rate, one.rate),
+                        f"{r.util('workers'):.2f}",
+                        f"{r.util('redis'):.2f}",
+                        f"{r.util('sandbox'):.2f}",
+                        f"{r.util('bench'):.2f}",
+                        f"{other:.2f}",
+                        f"{r.util('machine'):.2f} / 2",
+                        " / ".join(c.f0(t) for t in r.tries),
+                    ]
+                )
+    return c.table(
+        [
+            "latency",
+            "system",
+            "procs",
+            "sends/s",
+            "vs 1 proc",
+            "workers cores",
+            "redis cores",
+            "sandbox cores",
+            "bench cores",
+            "others' cores",
+            "machine busy",
+            "tries (sends/s)",
+        ],
+        rows,
+    )
 
 
 def plateau(res: dict[str, Run], system: str, lat: int) -> int:

@@ -27,15 +27,29 @@ LANE_TASK = "dmworker.process_lane"
 
 
 class Group:
-    def __init__(self, system: str, nprocs: int, concurrency: int, sandbox: SandboxProcess,
-                 n_accounts: int = 1, rate: str = "100000/s", extra_env: dict[str, str] | None = None,
-                 **settings_over: Any) -> None:
+    def __init__(
+        self,
+        system: str,
+        nprocs: int,
+        concurrency: int,
+        sandbox: SandboxProcess,
+        n_accounts: int = 1,
+        rate: str = "100000/s",
+        extra_env: dict[str, str] | None = None,
+        **settings_over: Any,
+    ) -> None:
         self.system, self.nprocs, self.concurrency, self.sandbox = system, nprocs, concurrency, sandbox
         self.prefix = c.new_prefix("d" if system == "dmworker" else "n")
         self.r = c.rdb()
-        self.settings = c.make_settings(self.prefix, sandbox, n_accounts, rate,
-                                        http_pool_size=max(64, concurrency), worker_concurrency=concurrency,
-                                        **settings_over)
+        self.settings = c.make_settings(
+            self.prefix,
+            sandbox,
+            n_accounts,
+            rate,
+            http_pool_size=max(64, concurrency),
+            worker_concurrency=concurrency,
+            **settings_over,
+        )
         self.app = c.producer_app(self.prefix, self.settings)
         self.hold = f"{self.prefix}.hold"
         self.extra_env = extra_env or {}
@@ -57,8 +71,15 @@ class Group:
                 self.pg.start_worker(f"w{i}", concurrency=self.concurrency)
         else:
             log_dir = tempfile.mkdtemp(prefix="dmwb-naive-")
-            self.naive_procs = naive.start_workers(self.prefix, self.nprocs, self.concurrency,
-                                                   self.settings.graph_url, c.TOKEN, c.REDIS_URL, log_dir)
+            self.naive_procs = naive.start_workers(
+                self.prefix,
+                self.nprocs,
+                self.concurrency,
+                self.settings.graph_url,
+                c.TOKEN,
+                c.REDIS_URL,
+                log_dir,
+            )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if len(self.app.control.ping(timeout=0.5)) >= self.nprocs:
@@ -66,8 +87,10 @@ class Group:
         else:
             self.stop()
             raise RuntimeError(f"{self.system} workers did not start")
-        c.say(f"{self.system}: {self.nprocs} worker process(es) x {self.concurrency} threads ready "
-              f"in {time.monotonic() - t:.1f} s")
+        c.say(
+            f"{self.system}: {self.nprocs} worker process(es) x {self.concurrency} threads ready "
+            f"in {time.monotonic() - t:.1f} s"
+        )
         return self
 
     def load(self, items: list[tuple[str, str, str]]) -> int:
@@ -76,8 +99,12 @@ class Group:
             lanes: list[tuple[str, str]] = []
             ob = Outbox(settings=self.settings, client=self.r, publish=lambda a, r: lanes.append((a, r)))
             for start in range(0, len(items), 5000):
-                ob.send_many([{"kind": "text", "recipient": r, "text": t, "account": a}
-                              for a, r, t in items[start:start + 5000]])
+                ob.send_many(
+                    [
+                        {"kind": "text", "recipient": r, "text": t, "account": a}
+                        for a, r, t in items[start : start + 5000]
+                    ]
+                )
             c.publish_all(self.app, LANE_TASK, lanes, self.hold)
         else:
             c.publish_all(self.app, naive.TASK, [(r, t) for _, r, t in items], self.hold)
@@ -93,8 +120,9 @@ class Group:
         c.cleanup(self.r, self.prefix)
 
 
-def backlog(recipients: int, per: int, tag: str, accounts: list[str] | None = None,
-            grouped: bool = True) -> list[tuple[str, str, str]]:
+def backlog(
+    recipients: int, per: int, tag: str, accounts: list[str] | None = None, grouped: bool = True
+) -> list[tuple[str, str, str]]:
     """``per`` jobs for each of ``recipients`` recipients (of each account); ``grouped``: each
     recipient's jobs back to back (a conversation), else interleaved across recipients."""
     out = []
@@ -146,12 +174,23 @@ def machine_busy_s() -> float:
 
 def cpu_snapshot(group: Group) -> dict[str, float]:
     t = os.times()
-    return {"workers": sum(c.cpu_s(p) for p in group.pids), "redis": c.cpu_s(c.redis_pid(group.r)),
-            "sandbox": c.cpu_s(group.sandbox.pid), "bench": t.user + t.system, "machine": machine_busy_s()}
+    return {
+        "workers": sum(c.cpu_s(p) for p in group.pids),
+        "redis": c.cpu_s(c.redis_pid(group.r)),
+        "sandbox": c.cpu_s(group.sandbox.pid),
+        "bench": t.user + t.system,
+        "machine": machine_busy_s(),
+    }
 
 
-def timed_run(group: Group, items: list[tuple[str, str, str]], latency_ms: float,
-              timeout_s: float = 180.0, warm: bool = True, on_loaded: Any = None) -> Run:
+def timed_run(
+    group: Group,
+    items: list[tuple[str, str, str]],
+    latency_ms: float,
+    timeout_s: float = 180.0,
+    warm: bool = True,
+    on_loaded: Any = None,
+) -> Run:
     """Release ``items`` at once to warmed-up workers; measure until the sandbox has them all."""
     if warm:  # open every worker thread's connections at this latency, outside the timed window
         n_warm = group.nprocs * group.concurrency

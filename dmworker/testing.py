@@ -154,6 +154,17 @@ class Accounting:
         return " ".join(f"{k}={v}" for k, v in self.as_dict().items())
 
 
+def max_in_window(times_ms: list[float], window_ms: float = 1000.0) -> int:
+    """The most events in any half-open window [t, t + window_ms) (rate-limit checks)."""
+    times_ms = sorted(times_ms)
+    best, j = 0, 0
+    for i in range(len(times_ms)):
+        while times_ms[i] - times_ms[j] >= window_ms:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
 def wait_until(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.1) -> bool:
     """Poll ``predicate`` until it is true or ``timeout_s`` passes; returns its last value."""
     deadline = time.monotonic() + timeout_s

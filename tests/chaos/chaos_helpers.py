@@ -30,7 +30,7 @@ from dmworker.errors import RedisUnavailableError
 from dmworker.keys import Keys
 from dmworker.outbox import Outbox
 from dmworker.settings import Settings
-from dmworker.testing import Accounting
+from dmworker.testing import Accounting, max_in_window  # noqa: F401 - max_in_window re-exported for the scenarios
 
 FINAL_STATES = ("sent", "failed", "cancelled")
 
@@ -434,17 +434,6 @@ def sends_between(sends: list[dict[str, Any]], t0_ms: float, t1_ms: float) -> se
     return {
         x["body"]["message"]["text"] for x in sends if "message" in x["body"] and t0_ms <= x["t_ms"] <= t1_ms
     }
-
-
-def max_in_window(times_ms: list[float], window_ms: float = 1000.0) -> int:
-    """The most events in any half-open window [t, t + window_ms)."""
-    times_ms = sorted(times_ms)
-    best, j = 0, 0
-    for i in range(len(times_ms)):
-        while times_ms[i] - times_ms[j] >= window_ms:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 def grep_logs(log_dir: Path, needle: str) -> list[str]:
