@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import random
 import re
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -110,41 +109,6 @@ def precheck(
             f"({'7 days' if limit > WINDOW_MS else '24 h'} after the user's last message)",
         )
     return None
-
-
-class ClientPool:
-    """One :class:`InstagramClient` per account for this process (pooled HTTP connections)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._clients: dict[str, InstagramClient] = {}
-        self._lock = threading.Lock()
-
-    def get(self, account: str) -> InstagramClient | None:
-        c = self._clients.get(account)
-        if c is None:
-            conf = self.settings.accounts.get(account)
-            if conf is None:
-                return None
-            with self._lock:
-                c = self._clients.get(account)
-                if c is None:
-                    s = self.settings
-                    c = InstagramClient(
-                        conf.access_token,
-                        base_url=s.graph_url_for(account),
-                        account_id=account,
-                        connect_timeout_s=s.http_connect_timeout_s,
-                        read_timeout_s=s.http_read_timeout_s,
-                        pool_size=s.http_pool_size,
-                    )
-                    self._clients[account] = c
-        return c
-
-    def close(self) -> None:
-        for c in self._clients.values():
-            c.close()
-        self._clients.clear()
 
 
 def _latency_bucket(seconds: float) -> str:

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .clients import ClientPool
 from .lanes import LaneStore, Step
 from .schemas import load_job
-from .service import ClientPool, precheck, send
+from .service import precheck, send
 from .settings import Settings
 
 log = logging.getLogger("dmworker.worker")
@@ -44,16 +45,12 @@ class LaneWorker:
         self.store = store
         self.clients = clients or ClientPool(settings)
 
-    def _token(self, account: str) -> str:
-        conf = self.settings.accounts.get(account)
-        return conf.access_token if conf else ""
-
     def run_lane(
         self, account: str, recipient: str, publish: Callable[[str, str], Any] | None = None
     ) -> LaneRun:
         """Deliver the lane's jobs until it is empty, must wait, or has had its slice."""
         holder = uuid.uuid4().hex
-        token = self._token(account)
+        token = self.clients.token(account)
         run = LaneRun()
         step = self.store.step(account, recipient, holder, acquire=True, token=token)
         started = time.monotonic()
