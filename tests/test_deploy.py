@@ -516,6 +516,42 @@ def test_procfile() -> None:
     assert program(shell_commands(procs["web"])[0])[0] == "gunicorn"
 
 
+def app_routes() -> set[str]:
+    """The URL rules of the web app (built without Redis I/O)."""
+    import redis
+
+    from dmworker.settings import Settings
+    from dmworker.web import create_app
+
+    settings = Settings.from_env({"DMWORKER_REDIS_URL": "redis://127.0.0.1:1/0"})
+    app = create_app(settings, redis_client=redis.Redis(port=1), publish=lambda a, r: None)
+    return {rule.rule for rule in app.url_map.iter_rules()}
+
+
+def probe_paths() -> list[tuple[str, str]]:
+    """(where, path) of every HTTP path a deployment file probes or health-checks."""
+    found = []
+    for path in deploy_files():
+        if kind_of(path) != "yaml":
+            continue
+        text = path.read_text()
+        found += [(rel(path), p) for p in re.findall(r"path:\s*(/[A-Za-z0-9_/.-]*)", text)]
+        found += [(rel(path), p) for p in re.findall(r"https?://[0-9A-Za-z.]+:\d+(/[A-Za-z0-9_/.-]*)", text)]
+    return found
+
+
+def test_every_probed_path_is_served_and_none_needs_a_worker() -> None:
+    routes = app_routes()
+    assert {"/livez", "/readyz", "/healthz", "/metrics"} <= routes
+    found = probe_paths()
+    assert {p for _, p in found} >= {"/livez", "/readyz"}
+    for where, path in found:
+        if path.startswith("/etc/") or path.startswith("/tmp"):
+            continue  # volume mounts
+        assert path in routes, f"{where}: {path} is not a route of dmworker.web:create_app()"
+        assert path != "/healthz", f"{where}: /healthz fails whenever no worker runs; use /readyz"
+
+
 def test_compose() -> None:
     compose = load_yaml(DEPLOY / "docker-compose.yml")[0]
     services = compose["services"]
@@ -534,6 +570,9 @@ def test_compose() -> None:
         env_file = svc["env_file"]
         assert ".env" in ([env_file] if isinstance(env_file, str) else env_file)
         assert svc["environment"]["DMWORKER_REDIS_URL"] == "redis://redis:6379/0"
+        if name == "web":
+            test = " ".join(map(str, svc["healthcheck"]["test"]))
+            assert "/readyz" in test and "/healthz" not in test, test
         grace = svc.get("stop_grace_period", "10s")
         assert systemd_seconds(grace) >= 30, f"{name}: stop_grace_period {grace} cuts warm shutdown"
 
@@ -566,8 +605,15 @@ def test_k8s_deployments() -> None:
             assert c["securityContext"]["allowPrivilegeEscalation"] is False, name
     assert specs["dmworker-worker"]["terminationGracePeriodSeconds"] >= 60
     web = specs["dmworker-web"]["containers"][0]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert web[probe]["httpGet"]["path"] == "/healthz"
+    # A worker outage must not restart or unready the webhook receiver and the API: liveness is
+    # the process (/livez), readiness is Redis (/readyz); never /healthz (it needs a worker).
+    assert web["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert web["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for name, spec in specs.items():
+        for c in spec["containers"]:
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                path = c.get(probe, {}).get("httpGet", {}).get("path")
+                assert path != "/healthz", f"{name}: {probe} on /healthz fails whenever no worker runs"
     service = one(yaml_docs("web.yaml"), "Service")
     web_labels = one(yaml_docs("web.yaml"), "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= web_labels.items()
@@ -681,6 +727,9 @@ def test_every_dmworker_subcommand_exists(cli_parser: argparse.ArgumentParser) -
 def test_every_gunicorn_serves_the_app_factory() -> None:
     for cmd, args in invocations("gunicorn"):
         assert APP_FACTORY in args, f"{cmd.source}: gunicorn must serve {APP_FACTORY!r}: {args}"
+        # One process per pod/unit: /metrics' per-process counters then describe what is scraped.
+        workers = [args[i + 1] for i, w in enumerate(args[:-1]) if w in ("--workers", "-w")]
+        assert workers in ([], ["1"]), f"{cmd.source}: gunicorn --workers {workers}: run one process"
 
 
 def test_every_celery_names_the_dmworker_app() -> None:

@@ -10,8 +10,14 @@ Run it with ``gunicorn 'dmworker.web:create_app()'`` (settings from the environm
 ``GET|DELETE /v1/dlq``, ``GET /v1/dlq/<id>``,  dead letters: list, purge, show, replay     bearer
 ``POST /v1/dlq/<id>/replay``
 ``GET /v1/windows/<igsid>``, ``/v1/accounts``  messaging window, account states            bearer
-``GET /healthz``, ``/metrics``, ``/openapi.json``  Redis + heartbeats, Prometheus, the spec  -
+``GET /livez``                               the process answers (no I/O)                -
+``GET /readyz``                              Redis answers within 1 s                    -
+``GET /healthz``                             Redis + a worker heartbeat (not a probe)    -
+``GET /metrics``, ``/openapi.json``            Prometheus, the spec                        -
 ===========================================  ==========================================  =======
+
+Probes of the web tier: liveness ``/livez``, readiness ``/readyz`` (see :mod:`.health`); a worker
+outage never fails them, it shows as ``dmworker_workers_alive`` on ``/metrics``.
 
 Every error is JSON (``{"error": code, "message": ...}``), never HTML, and never carries a token.
 """
@@ -76,13 +82,15 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = web
 
-    from . import api, metrics, openapi, webhook
+    from . import api, health, metrics, openapi, webhook
 
     app.register_blueprint(webhook.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
     _error_handlers(app)
+    web.telemetry.install(app)
     return app
 
 

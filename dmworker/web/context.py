@@ -9,16 +9,19 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import redis
 from flask import Response, current_app, jsonify
+from redis import Redis
 
 from ..admin import DeadLetters
 from ..lanes import LaneStore
 from ..outbox import Outbox
 from ..settings import ConfigError, Settings
+from .telemetry import Telemetry
 
 log = logging.getLogger("dmworker.web")
 
@@ -34,6 +37,14 @@ class WebContext:
     dead_letters: DeadLetters
     callback: Callable[[dict[str, Any]], Any] | None = None
     warned_no_tokens: bool = False
+    telemetry: Telemetry = field(default_factory=Telemetry)
+
+    @cached_property
+    def probe_redis(self) -> Redis:
+        """A client to the same Redis with a short timeout and no retry (``/readyz``, ``/healthz``)."""
+        from .health import probe_client
+
+        return probe_client(self.redis)
 
     def deliver(self, event: dict[str, Any]) -> None:
         """Hand one new inbound event to the user's task and/or callback; never raises."""

@@ -1,13 +1,27 @@
-"""``/metrics`` (Prometheus) and ``/healthz``, both read from Redis on every request.
+"""``/metrics`` (Prometheus): the cluster's numbers read from Redis, plus this process's own.
 
-The counters live in Redis (``AccountKeys.stats``, written by the Lua scripts), so a scrape of any
-web process shows the whole cluster, not what one process saw.  The collector reads each account
-in one pipelined round trip.
+The job counters live in Redis (``AccountKeys.stats``, written by the Lua scripts; the global
+``<prefix>:refused`` hash), so a scrape of any web process shows the whole cluster.  The
+collector reads every account in three pipelined round trips, whatever the number of accounts.
+
+**Bounded label values.**  No label value ever comes from a request:
+
+- ``account``: only the accounts configured in this process (``DMWORKER_ACCOUNT_ID`` /
+  ``DMWORKER_ACCOUNTS_FILE``; give the web tier the same accounts file as the workers).  An
+  account id a producer sent that is not configured here is not a label: such accounts are
+  counted by ``dmworker_accounts_unconfigured``, their jobs are not broken down;
+- ``kind``: the send kinds (:data:`dmworker.schemas.KINDS`), anything else ``other``;
+- ``reason``: :data:`FAILURE_REASONS`, :data:`REFUSAL_REASONS`, :data:`PAUSE_REASONS`, anything
+  else ``other``; every series of these fixed sets is exported (0 when nothing happened).
+
+Per-process metrics (HTTP requests by route, webhook requests and events, process and platform)
+come from :mod:`.telemetry`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import flask
@@ -17,13 +31,42 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from ..graph import errors as gerr
+from ..jobs import JobStatus
 from ..lanes import LaneStore
+from ..schemas import KINDS
 from ..service import LATENCY_BUCKETS_S
-from .context import ctx, error
+from .context import ctx
+from .health import HEARTBEAT_MAX_AGE_MS
 
 bp = flask.Blueprint("metrics", __name__)
 
-HEARTBEAT_MAX_AGE_MS = 30_000
+OTHER = "other"
+#: ``reason`` of ``dmworker_job_failures_total``: why jobs ended failed or expired.  The stats
+#: field ``reason:<error kind>``; ``token_invalid`` is counted as ``token``, an unknown kind as other.
+FAILURE_REASONS = (
+    gerr.OutsideWindowError.kind,
+    gerr.InvalidRequestError.kind,
+    "expired",
+    "attempts_exhausted",
+    gerr.RecipientUnavailableError.kind,
+    "token",
+    gerr.PermissionDeniedError.kind,
+    "private_reply_used",
+    gerr.PermanentError.kind,
+    gerr.TemporaryError.kind,
+    gerr.OutcomeUnknownError.kind,
+    "internal",
+    OTHER,
+)
+_FAILURE_ALIASES = {gerr.TokenInvalidError.kind: "token"}
+#: ``reason`` of ``dmworker_enqueue_refusals_total`` (fields of the global ``<prefix>:refused`` hash).
+REFUSAL_REASONS = ("validation", "window", "key_exists", "idempotency_conflict", "backlog", OTHER)
+#: ``reason`` of ``dmworker_account_paused`` (the ``reason`` of an account's pause).
+PAUSE_REASONS = ("throttled", "policy_block", gerr.TokenInvalidError.kind, OTHER)
+#: At most this many lanes per account are read per scrape for ``dmworker_jobs_queued`` and
+#: ``dmworker_oldest_due_job_age_seconds`` (the lanes due soonest); beyond it both are estimates.
+MAX_SCRAPE_LANES = 5000
 
 # (metric name without _total, help, stats field)
 _COUNTERS = (
@@ -32,32 +75,125 @@ _COUNTERS = (
     ("dmworker_throttle_pauses", "Account pauses after a throttling answer.", "throttled"),
     ("dmworker_limiter_waits", "Times a lane waited for the cluster-wide rate limiter.", "limiter_waits"),
     ("dmworker_jobs_cancelled", "Jobs cancelled (by the producer or by a user's reply).", "cancelled"),
+    ("dmworker_jobs_expired", "Jobs that expired before they could be sent.", "expired"),
 )
-_GAUGES = (
-    ("dmworker_lane_backlog", "Lanes (recipients) with work waiting to be sent.", "ready"),
+# (metric name, help, AccountKeys attribute of a sorted set whose size it is)
+_ZCARDS = (
+    ("dmworker_lanes_backlog", "Lanes (recipients) with jobs waiting to be sent.", "ready"),
+    (
+        "dmworker_lane_backlog",
+        "DEPRECATED (removed in the next release): use dmworker_lanes_backlog (it counts lanes, not jobs).",
+        "ready",
+    ),
     ("dmworker_followups_scheduled", "Delayed follow-ups not yet due.", "sched"),
     ("dmworker_dead_letters", "Jobs in the dead-letter queue.", "dlq"),
 )
 
 
-def _redis_now_ms(store: LaneStore) -> int:
-    sec, usec = store.redis.time()
-    return int(sec) * 1000 + int(usec) // 1000
+def failure_reason(kind: str) -> str:
+    """The ``reason`` label of an error kind (a fixed set)."""
+    kind = _FAILURE_ALIASES.get(kind, kind)
+    return kind if kind in FAILURE_REASONS else OTHER
+
+
+def bounded(value: str, allowed: Iterable[str]) -> str:
+    """``value`` if it is one of ``allowed``, else ``other``."""
+    return value if value in allowed else OTHER
 
 
 class RedisCollector(Collector):
-    """A prometheus-client collector that reads every account's numbers from Redis per scrape."""
+    """Reads every configured account's numbers from Redis at each scrape (see the module docstring)."""
 
     def __init__(self, store: LaneStore) -> None:
         self.store = store
 
+    def describe(self) -> list[Metric]:
+        return []  # no Redis I/O when registered
+
     def accounts(self) -> list[str]:
-        known: set[str] = {str(a) for a in self.store.redis.smembers(self.store.keys.accounts)}
-        return sorted(known | set(self.store.settings.accounts))
+        """The accounts that get an ``account`` label: those configured in this process."""
+        return sorted(self.store.settings.accounts)
 
     def collect(self) -> Iterator[Metric]:
         r = self.store.redis
-        now = _redis_now_ms(self.store)
+        accounts = self.accounts()
+        keys = self.store.keys
+        refused_key = getattr(keys, "refused", f"{keys.prefix}:refused")
+        # Round trip 1: clock, registry, heartbeats, refusals; per account stats, sizes, pause, lanes.
+        pipe = r.pipeline(transaction=False)
+        pipe.time()
+        pipe.smembers(keys.accounts)
+        pipe.zrange(keys.workers, -1, -1, withscores=True)
+        pipe.hgetall(refused_key)
+        for acct in accounts:
+            k = self.store.acct(acct)
+            pipe.hgetall(k.stats)
+            for _, _, attr in _ZCARDS:
+                pipe.zcard(getattr(k, attr))
+            pipe.hgetall(k.pause)
+            pipe.zrange(k.ready, 0, MAX_SCRAPE_LANES - 1)
+        first = pipe.execute()
+        (sec, usec), registered, newest, refused = first[:4]
+        now = int(sec) * 1000 + int(usec) // 1000
+        per = 3 + len(_ZCARDS)  # stats, the sizes, pause, lanes
+        rows = [first[4 + i * per : 4 + (i + 1) * per] for i in range(len(accounts))]
+        lanes = {acct: row[-1] for acct, row in zip(accounts, rows, strict=True)}
+        total_lanes = {acct: int(row[1]) for acct, row in zip(accounts, rows, strict=True)}  # ZCARD ready
+        queued, oldest = self._lanes(accounts, lanes, total_lanes, now)
+
+        yield from self._account_metrics(accounts, rows, queued, oldest, now)
+        yield from self._global_metrics(now, registered, newest, refused)
+
+    # ------------------------------------------------------------------ lanes: queued jobs, oldest
+    def _lanes(
+        self, accounts: list[str], lanes: Mapping[str, list[str]], total_lanes: Mapping[str, int], now: int
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Jobs in lanes and the age (s) of the oldest due head job, per account (rounds 2 and 3)."""
+        r = self.store.redis
+        pipe = r.pipeline(transaction=False)
+        for acct in accounts:
+            k = self.store.acct(acct)
+            for lane in lanes[acct]:
+                pipe.llen(k.lane(lane))
+                pipe.lindex(k.lane(lane), 0)
+        replies = pipe.execute() if len(pipe) else []
+        heads: dict[str, list[str]] = {}
+        queued: dict[str, float] = {}
+        i = 0
+        for acct in accounts:
+            n, found = 0, []
+            for _ in lanes[acct]:
+                length, head = replies[i], replies[i + 1]
+                i += 2
+                n += int(length or 0)
+                if head:
+                    found.append(head)
+            sampled = len(lanes[acct])
+            total = int(total_lanes[acct])
+            queued[acct] = float(n) if sampled >= total or not sampled else n * total / sampled
+            heads[acct] = found
+        pipe = r.pipeline(transaction=False)
+        for acct in accounts:
+            if heads[acct]:
+                pipe.hmget(self.store.acct(acct).status, heads[acct])
+        statuses = iter(pipe.execute() if len(pipe) else [])
+        oldest: dict[str, float] = {}
+        for acct in accounts:
+            raws = next(statuses) if heads[acct] else []
+            since = [_due_since(job_id, raw) for job_id, raw in zip(heads[acct], raws, strict=True)]
+            known = [s for s in since if s is not None]
+            oldest[acct] = max(0.0, (now - min(known)) / 1000) if known else 0.0
+        return queued, oldest
+
+    # ------------------------------------------------------------------ families
+    def _account_metrics(
+        self,
+        accounts: list[str],
+        rows: list[list[Any]],
+        queued: Mapping[str, float],
+        oldest: Mapping[str, float],
+        now: int,
+    ) -> Iterator[Metric]:
         counters = {name: CounterMetricFamily(name, doc, labels=["account"]) for name, doc, _ in _COUNTERS}
         sent = CounterMetricFamily(
             "dmworker_jobs_sent", "Jobs delivered, by kind.", labels=["account", "kind"]
@@ -65,84 +201,179 @@ class RedisCollector(Collector):
         failed = CounterMetricFamily(
             "dmworker_jobs_failed", "Jobs failed for good, by kind.", labels=["account", "kind"]
         )
+        failures = CounterMetricFamily(
+            "dmworker_job_failures",
+            "Jobs that ended failed or expired, by reason (a fixed set; unknown reasons are 'other').",
+            labels=["account", "reason"],
+        )
         latency = HistogramMetricFamily(
             "dmworker_send_latency_seconds", "Graph API send latency.", labels=["account"]
         )
-        gauges = {name: GaugeMetricFamily(name, doc, labels=["account"]) for name, doc, _ in _GAUGES}
-        paused = GaugeMetricFamily(
-            "dmworker_account_paused", "1 while the account's sends are paused.", labels=["account", "reason"]
+        e2e = HistogramMetricFamily(
+            "dmworker_enqueue_to_send_seconds",
+            "From when a job became due (enqueued, or its follow-up time) to sent.",
+            labels=["account"],
         )
-        for acct in self.accounts():
-            k = self.store.acct(acct)
-            pipe = r.pipeline(transaction=False)
-            pipe.hgetall(k.stats)
-            for _, _, key in _GAUGES:
-                pipe.zcard(getattr(k, key))
-            pipe.hgetall(k.pause)
-            stats, *cards, pause = pipe.execute()
+        sizes = {name: GaugeMetricFamily(name, doc, labels=["account"]) for name, doc, _ in _ZCARDS}
+        jobs_queued = GaugeMetricFamily(
+            "dmworker_jobs_queued",
+            "Jobs in recipient lanes not yet sent (queued, waiting for a retry or the limiter, sending).",
+            labels=["account"],
+        )
+        oldest_age = GaugeMetricFamily(
+            "dmworker_oldest_due_job_age_seconds",
+            "Age of the oldest due job not yet sent (0 when none), from when it became due.",
+            labels=["account"],
+        )
+        paused = GaugeMetricFamily(
+            "dmworker_account_paused",
+            "1 while the account's sends are paused for this reason (one 0/1 series per reason).",
+            labels=["account", "reason"],
+        )
+        e2e_bounds = _bounds([row[0] for row in rows], "e2e")
+        for acct, row in zip(accounts, rows, strict=True):
+            stats, cards, pause = row[0], row[1 : 1 + len(_ZCARDS)], row[1 + len(_ZCARDS)]
             for name, _, field in _COUNTERS:
                 counters[name].add_metric([acct], _num(stats.get(field)))
-            for field, value in sorted(stats.items()):
-                prefix, _, kind = field.partition(":")
-                if kind and prefix in ("sent", "failed"):
-                    (sent if prefix == "sent" else failed).add_metric([acct, kind], _num(value))
-            latency.add_metric([acct], *_histogram(stats))
-            for (name, _, _), card in zip(_GAUGES, cards, strict=True):
-                gauges[name].add_metric([acct], float(card))
+            by_kind: dict[tuple[str, str], float] = {}
+            by_reason = dict.fromkeys(FAILURE_REASONS, 0.0)
+            for field, value in stats.items():
+                prefix, _, rest = field.partition(":")
+                if rest and prefix in ("sent", "failed"):
+                    key = (prefix, bounded(rest, KINDS))
+                    by_kind[key] = by_kind.get(key, 0.0) + _num(value)
+                elif rest and prefix == "reason":
+                    by_reason[failure_reason(rest)] += _num(value)
+            for (prefix, kind), value in sorted(by_kind.items()):
+                (sent if prefix == "sent" else failed).add_metric([acct, kind], value)
+            for reason, value in by_reason.items():
+                failures.add_metric([acct, reason], value)
+            latency.add_metric([acct], *_histogram(stats, "lat", LATENCY_BUCKETS_S, "lat_sum_s"))
+            e2e.add_metric([acct], *_histogram(stats, "e2e", e2e_bounds, "e2e_sum_s"))
+            for (name, _, _), card in zip(_ZCARDS, cards, strict=True):
+                sizes[name].add_metric([acct], float(card))
+            jobs_queued.add_metric([acct], queued[acct])
+            oldest_age.add_metric([acct], oldest[acct])
             until = int(pause.get("until") or 0)
             reason = pause.get("reason") or ""
-            active = bool(until) and (until > now or reason == "token_invalid")
-            paused.add_metric([acct, (reason or "paused") if active else "none"], 1.0 if active else 0.0)
+            active = bool(until) and (until > now or reason == gerr.TokenInvalidError.kind)
+            current = bounded(reason, PAUSE_REASONS) if active else None
+            for name in PAUSE_REASONS:
+                paused.add_metric([acct, name], 1.0 if name == current else 0.0)
         yield from counters.values()
-        yield sent
-        yield failed
-        yield latency
-        yield from gauges.values()
-        yield paused
+        yield from (sent, failed, failures, latency, e2e)
+        yield from sizes.values()
+        yield from (jobs_queued, oldest_age, paused)
+
+    def _global_metrics(
+        self, now: int, registered: set[str], newest: list[tuple[str, float]], refused: Mapping[str, str]
+    ) -> Iterator[Metric]:
+        r = self.store.redis
+        alive = int(r.zcount(self.store.keys.workers, now - HEARTBEAT_MAX_AGE_MS, "+inf"))
+        workers = GaugeMetricFamily(
+            "dmworker_workers_alive",
+            f"Workers and dispatchers with a heartbeat in the last {HEARTBEAT_MAX_AGE_MS // 1000} s.",
+            value=alive,
+        )
+        yield workers
+        age = GaugeMetricFamily(
+            "dmworker_worker_heartbeat_age_seconds",
+            "Age of the newest worker or dispatcher heartbeat (no sample before the first one).",
+        )
+        if newest:
+            age.add_metric([], max(0.0, (now - float(newest[0][1])) / 1000))
+        yield age
+        unconfigured = {str(a) for a in registered} - set(self.store.settings.accounts)
+        yield GaugeMetricFamily(
+            "dmworker_accounts_unconfigured",
+            "Accounts that have had jobs but are not configured in this process (no metrics of their own).",
+            value=len(unconfigured),
+        )
+        refusals = CounterMetricFamily(
+            "dmworker_enqueue_refusals",
+            "Jobs refused at enqueue, by reason (a fixed set; unknown reasons are 'other').",
+            labels=["reason"],
+        )
+        by_reason = dict.fromkeys(REFUSAL_REASONS, 0.0)
+        for field, raw in refused.items():
+            by_reason[bounded(field, REFUSAL_REASONS)] += _num(raw)
+        for reason, count in by_reason.items():
+            refusals.add_metric([reason], count)
+        yield refusals
+
+
+def _due_since(job_id: str, raw: str | None) -> int | None:
+    """When the job of a status record became due (its due time, else its creation), epoch ms."""
+    if not raw:
+        return None
+    try:
+        st = JobStatus.from_redis(job_id, "", raw, None)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return st.due_ms or st.created_ms or None
 
 
 def _num(value: Any) -> float:
-    return float(value) if value not in (None, "") else 0.0
+    """A stats value as a float (missing, empty or unreadable: 0)."""
+    if value in (None, ""):
+        return 0.0
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
-def _histogram(stats: dict[str, str]) -> tuple[list[tuple[str, float]], float]:
-    """Cumulative buckets from the non-cumulative ``lat:<bound>`` counts, and the sum."""
+def _bounds(stats: Iterable[Mapping[str, str]], prefix: str) -> tuple[float, ...]:
+    """Bucket bounds of a histogram: :data:`LATENCY_BUCKETS_S` and every ``<prefix>:<bound>`` present."""
+    found = set(LATENCY_BUCKETS_S)
+    for s in stats:
+        for field in s:
+            head, _, bound = field.partition(":")
+            if head == prefix and bound and bound != "+Inf":
+                try:
+                    value = float(bound)
+                except ValueError:
+                    continue
+                if math.isfinite(value) and value > 0:
+                    found.add(value)
+    return tuple(sorted(found))
+
+
+def _histogram(
+    stats: Mapping[str, str], prefix: str, bounds: Iterable[float], sum_field: str
+) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative buckets from the non-cumulative ``<prefix>:<bound>`` counts, and the sum."""
     buckets, total = [], 0.0
-    for bound in LATENCY_BUCKETS_S:
-        total += _num(stats.get(f"lat:{bound:g}"))
+    for bound in bounds:
+        total += _num(stats.get(f"{prefix}:{bound:g}"))
         buckets.append((floatToGoString(bound), total))
-    total += _num(stats.get("lat:+Inf"))
+    total += _num(stats.get(f"{prefix}:+Inf"))
     buckets.append(("+Inf", total))
-    return buckets, _num(stats.get("lat_sum_s"))
+    return buckets, _num(stats.get(sum_field))
 
 
-def registry_for(store: LaneStore) -> CollectorRegistry:
+class _Forward(Collector):
+    """The metrics of another registry (this process's own, :mod:`.telemetry`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+
+
+def registry_for(store: LaneStore, own: CollectorRegistry | None = None) -> CollectorRegistry:
+    """A registry with the cluster's metrics (read from Redis when collected) and ``own``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(store))
+    if own is not None:
+        registry.register(_Forward(own))
     return registry
 
 
 @bp.get("/metrics")
 def metrics() -> ResponseReturnValue:
-    body = generate_latest(registry_for(ctx().store))
+    web = ctx()
+    body = generate_latest(registry_for(web.store, web.telemetry.registry))
     return flask.Response(body, 200, content_type=CONTENT_TYPE_LATEST)
-
-
-@bp.get("/healthz")
-def healthz() -> ResponseReturnValue:
-    store = ctx().store
-    try:
-        store.redis.ping()
-        now = _redis_now_ms(store)
-        workers = int(store.redis.zcount(store.keys.workers, now - HEARTBEAT_MAX_AGE_MS, "+inf"))
-    except Exception as e:
-        return error(503, "unhealthy", f"Redis does not answer ({type(e).__name__})", redis="down", workers=0)
-    if workers < 1:
-        return error(
-            503,
-            "unhealthy",
-            f"no worker or dispatcher heartbeat in the last {HEARTBEAT_MAX_AGE_MS // 1000} s",
-            redis="ok",
-            workers=0,
-        )
-    return flask.jsonify({"redis": "ok", "workers": workers})

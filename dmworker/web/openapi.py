@@ -20,6 +20,7 @@ from flask.typing import ResponseReturnValue
 
 from .. import __version__
 from ..schemas import KINDS, MAX_STEPS, SCHEMAS
+from .health import HEARTBEAT_MAX_AGE_MS, READY_TIMEOUT_S
 
 bp = flask.Blueprint("openapi", __name__)
 
@@ -275,16 +276,34 @@ def _paths(spec: APISpec) -> None:
         },
     )
     health = _obj({"redis": {"type": "string"}, "workers": {"type": "integer"}}, ["redis", "workers"])
-    spec.path(
-        "/healthz",
-        operations={
-            "get": {
-                "summary": "Redis answers and a worker/dispatcher heartbeat is younger than 30 s",
-                "security": [],
-                "responses": {"200": _json(health, "Healthy"), "503": _json(_ref("Error"), "Unhealthy")},
-            }
-        },
+    status = _obj({"status": {"type": "string", "enum": ["ok"]}, "redis": {"type": "string"}}, ["status"])
+    probes = (
+        ("/livez", "Liveness: the process answers (no I/O)", status, None),
+        (
+            "/readyz",
+            f"Readiness: Redis answers a PING within {READY_TIMEOUT_S:g} s",
+            status,
+            "Redis unreachable",
+        ),
+        (
+            "/healthz",
+            f"Redis answers and a worker or dispatcher beat within {HEARTBEAT_MAX_AGE_MS // 1000} s",
+            health,
+            "Redis unreachable, or no recent heartbeat",
+        ),
     )
+    for path, summary, ok, down in probes:
+        responses = {"200": _json(ok, "OK")}
+        if down:
+            responses["503"] = _json(_ref("Error"), down)
+        op: dict[str, Any] = {"summary": summary, "security": [], "responses": responses}
+        if path == "/healthz":
+            op["description"] = (
+                "The whole cluster's health, kept for existing checks. Not a probe for the web "
+                "tier: a worker outage must not take the webhook receiver and the API down. "
+                "Use /livez and /readyz there, and alert on dmworker_workers_alive."
+            )
+        spec.path(path, operations={"get": op})
     spec.path(
         "/metrics",
         operations={

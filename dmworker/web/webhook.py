@@ -76,32 +76,41 @@ def verify() -> ResponseReturnValue:
 
 @bp.post("/webhooks/instagram")
 def receive() -> ResponseReturnValue:
+    """Check the signature, then record every event (counted in ``dmworker_webhook_*``)."""
     web = ctx()
+    count = web.telemetry.webhook
     raw = flask.request.get_data(cache=False)
     if not signature_ok(web.settings.app_secret, raw, flask.request.headers.get("X-Hub-Signature-256")):
         log.warning(
             "webhook refused: %s",
             "bad or missing signature" if web.settings.app_secret else "no DMWORKER_APP_SECRET configured",
         )
+        count("bad_signature")
         return error(403, "forbidden", "invalid or missing X-Hub-Signature-256")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
+        count("bad_request")
         return error(400, "bad_request", "the body is not valid JSON")
     if not isinstance(body, dict):
+        count("bad_request")
         return error(400, "bad_request", "the body must be a JSON object")
     if body.get("object") != "instagram":
         log.info("webhook ignored: object %r", str(body.get("object"))[:40])
+        count("ignored")
         return {"received": 0, "new": 0}
     received = 0
     new: list[dict[str, Any]] = []
+    ok = False
     try:
         for entry in _list(body.get("entry")):
             if isinstance(entry, dict):
                 received += _entry(web, entry, new)
+        ok = True
     finally:  # Redis failing half-way (503, Meta redelivers): what was recorded still goes out
         for event in new:
             web.deliver(event)
+        count("ok" if ok else "error", received=received, new=len(new))
     return {"received": received, "new": len(new)}
 
 
