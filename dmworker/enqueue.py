@@ -62,10 +62,44 @@ class Enqueuer:
 
     # ------------------------------------------------------------------ send methods
     def _account(self, account: str | None) -> str:
+        """The account a send is for: configured (environment/file) or registered at run time.
+
+        ``settings.accounts`` is live in the runtime (:mod:`dmworker.live`); settings passed in
+        without that view are completed by asking the registry (one ``HEXISTS``, remembered for
+        ``DMWORKER_ACCOUNTS_REFRESH_S``).
+
+        Raises:
+            ValidationError: no account given and no default one, or an unknown account.
+            RedisUnavailableError: when the registry cannot be asked.
+        """
+        import time
+
         acct = account or self.account
         if not acct:
             raise ValidationError({"account": ["no account given and no default account configured"]})
-        return acct
+        if acct in self.settings.accounts:
+            return acct
+        seen: dict[str, float] = self.__dict__.setdefault("_registered_at", {})
+        if time.monotonic() - seen.get(acct, float("-inf")) < self.settings.accounts_refresh_s:
+            return acct
+        if not hasattr(self.settings.accounts, "registry"):
+            from .registry import Registry
+
+            try:
+                known = Registry(self.settings.key_prefix, self.redis).exists(acct)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                raise RedisUnavailableError(f"Redis is unreachable; nothing was queued: {e}") from None
+            if known:
+                seen[acct] = time.monotonic()
+                return acct
+        raise ValidationError(
+            {
+                "account": [
+                    f"account {acct!r} is not registered: add it (dmworker accounts add, "
+                    "PUT /v1/accounts/<id>) or configure it (DMWORKER_ACCOUNTS_FILE)"
+                ]
+            }
+        )
 
     def _prepare(
         self, kind: str, recipient: str, args: Mapping[str, Any], opts: Mapping[str, Any]

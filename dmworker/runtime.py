@@ -1,5 +1,9 @@
 """The per-process singletons: settings read once from the environment, the Redis client, the
-lane store and the lane worker.  Built lazily at first use (never at import time)."""
+lane store and the lane worker.  Built lazily at first use (never at import time).
+
+The runtime's ``settings.accounts`` is a :class:`~dmworker.live.LiveAccounts`: the static accounts
+of the environment plus the account registry in Redis, kept current without a restart.
+"""
 
 from __future__ import annotations
 
@@ -30,9 +34,7 @@ def get_runtime() -> Runtime:
     if _runtime is None:
         with _lock:
             if _runtime is None:
-                settings = Settings.from_env()
-                client = redisconn.client(settings)
-                _runtime = Runtime(settings, client, LaneStore(settings, client))
+                _runtime = _build(Settings.from_env())
     return _runtime
 
 
@@ -40,6 +42,23 @@ def set_runtime(settings: Settings) -> Runtime:
     """Replace this process's runtime (tests, CLI flags)."""
     global _runtime
     with _lock:
-        client = redisconn.client(settings)
-        _runtime = Runtime(settings, client, LaneStore(settings, client))
+        _runtime = _build(settings)
     return _runtime
+
+
+def live_settings(settings: Settings, client: redis.Redis) -> Settings:
+    """``settings`` whose ``accounts`` is a live view of its static accounts and the registry."""
+    from .crypto import TokenCipher
+    from .live import LiveAccounts
+    from .registry import Registry
+
+    static = getattr(settings.accounts, "static", settings.accounts)
+    cipher = TokenCipher(settings.secret_keys) if settings.secret_keys else None
+    live = LiveAccounts(static, Registry(settings.key_prefix, client), cipher, settings.accounts_refresh_s)
+    return settings.with_overrides(accounts=live)
+
+
+def _build(settings: Settings) -> Runtime:
+    client = redisconn.client(settings)
+    settings = live_settings(settings, client)
+    return Runtime(settings, client, LaneStore(settings, client))

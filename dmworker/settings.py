@@ -5,8 +5,11 @@ Every setting is an environment variable ``DMWORKER_*``; units are part of the n
 :class:`ConfigError` naming the variable and what it expected when a value is bad, so a
 process fails at start instead of at its first send.
 
-Tokens live here and only here: they are never written to Redis, to a job payload, to a
-log line or to an error message (``repr`` of an :class:`AccountConfig` hides them).
+Tokens of the static accounts (environment, accounts file) live here and are never written to
+Redis, to a job payload, to a log line or to an error message (``repr`` of an
+:class:`AccountConfig` hides them). Accounts added at run time live in the registry
+(:mod:`dmworker.registry`, tokens encrypted); the runtime puts a live view of both in
+``Settings.accounts`` (:class:`dmworker.live.LiveAccounts`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_GRAPH_URL = "https://graph.instagram.com/v25.0"
+DEFAULT_FACEBOOK_GRAPH_URL = "https://graph.facebook.com/v25.0"
+LOGINS = ("instagram", "facebook")
 
 RATE_CLASSES = ("text", "media", "private_reply", "conversations")
 DEFAULT_RATES = {
@@ -81,17 +86,31 @@ def token_fingerprint(token: str) -> str:
 
 @dataclass(frozen=True)
 class AccountConfig:
-    """One Instagram professional account: its token and per-account overrides."""
+    """One Instagram professional account: its token and per-account overrides.
+
+    ``login`` is how the business connected it: ``instagram`` (Instagram Login: an Instagram user
+    token, graph.instagram.com, sends to ``/<ig id>/messages``) or ``facebook`` (Facebook Login: the
+    linked Page's access token, graph.facebook.com, sends to ``/<page_id>/messages``).
+    """
 
     account_id: str
     access_token: str = field(repr=False)
     graph_url: str | None = None
     rates: Mapping[str, Rate] = field(default_factory=dict)
     burst: int | None = None
+    login: str = "instagram"
+    page_id: str | None = None
 
     @property
     def fingerprint(self) -> str:
         return token_fingerprint(self.access_token)
+
+    @property
+    def path_id(self) -> str:
+        """The id in Graph paths: the Page id for Facebook Login, else the account id."""
+        if self.login == "facebook" and self.page_id:
+            return self.page_id
+        return self.account_id
 
     def __repr__(self) -> str:  # never show the token
         return f"AccountConfig(account_id={self.account_id!r}, token=<redacted {self.fingerprint}>)"
@@ -141,6 +160,12 @@ class Settings:
     max_body_bytes: int = 1_048_576
     log_format: str = "plain"
     log_level: str = "INFO"
+    # accounts and tokens
+    secret_keys: tuple[str, ...] = field(default=(), repr=False)
+    facebook_graph_url: str = DEFAULT_FACEBOOK_GRAPH_URL
+    accounts_refresh_s: float = 1.0
+    token_refresh_before_s: float = 7 * 86_400.0
+    token_refresh_check_s: float = 3_600.0
 
     # ------------------------------------------------------------------ lookups
     def account(self, account_id: str | None = None) -> AccountConfig:
@@ -185,8 +210,13 @@ class Settings:
         return burst - 1 if burst >= 2 else burst
 
     def graph_url_for(self, account_id: str) -> str:
+        """The Graph base URL of ``account_id``: its own override, else the host of its login."""
         acct = self.accounts.get(account_id)
-        return (acct.graph_url if acct and acct.graph_url else self.graph_url).rstrip("/")
+        if acct is not None and acct.graph_url:
+            return acct.graph_url.rstrip("/")
+        if acct is not None and acct.login == "facebook":
+            return self.facebook_graph_url.rstrip("/")
+        return self.graph_url.rstrip("/")
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields replaced (tests, CLI flags)."""
@@ -228,7 +258,7 @@ class Settings:
                 f"DMWORKER_LEASE_MS: expected at least 1.5 x DMWORKER_HTTP_READ_TIMEOUT_S "
                 f"({int(read_timeout * 1500)} ms), got {lease_ms}"
             )
-        tokens = tuple(t.strip() for t in (r.str_("DMWORKER_API_TOKENS") or "").split(",") if t.strip())
+        tokens = _api_tokens(r.str_("DMWORKER_API_TOKENS"))
         return cls(
             redis_url=r.str_("DMWORKER_REDIS_URL"),
             key_prefix=r.str_("DMWORKER_KEY_PREFIX") or "dmw",
@@ -272,6 +302,14 @@ class Settings:
             log_level=r.choice_(
                 "DMWORKER_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True
             ),
+            # accounts and tokens
+            secret_keys=_secret_keys(r.str_("DMWORKER_SECRET_KEY")),
+            facebook_graph_url=(r.str_("DMWORKER_FACEBOOK_GRAPH_URL") or DEFAULT_FACEBOOK_GRAPH_URL).rstrip(
+                "/"
+            ),
+            accounts_refresh_s=r.float_("DMWORKER_ACCOUNTS_REFRESH_S", 1.0),
+            token_refresh_before_s=r.float_("DMWORKER_TOKEN_REFRESH_BEFORE_S", 7 * 86_400.0),
+            token_refresh_check_s=r.float_("DMWORKER_TOKEN_REFRESH_CHECK_S", 3_600.0),
         )
 
 
@@ -343,7 +381,7 @@ def _load_accounts_file(path: str) -> list[AccountConfig]:
         where = f"{var} ({path}) account {acct_id!r}"
         if not isinstance(conf, dict) or not isinstance(conf.get("access_token"), str):
             raise ConfigError(f"{where}: expected an object with a string 'access_token'")
-        unknown = set(conf) - {"access_token", "graph_url", "rates", "burst"}
+        unknown = set(conf) - {"access_token", "graph_url", "rates", "burst", "login", "page_id"}
         if unknown:
             raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
         rates = {}
@@ -354,6 +392,11 @@ def _load_accounts_file(path: str) -> list[AccountConfig]:
         burst = conf.get("burst")
         if burst is not None and (not isinstance(burst, int) or burst < 1):
             raise ConfigError(f"{where}: 'burst' must be an integer >= 1")
+        login, page_id = conf.get("login", "instagram"), conf.get("page_id")
+        if login not in LOGINS:
+            raise ConfigError(f"{where}: 'login' must be one of {', '.join(LOGINS)}")
+        if login == "facebook" and not (isinstance(page_id, str) and page_id):
+            raise ConfigError(f"{where}: a facebook login needs 'page_id' (the linked Page's id)")
         out.append(
             AccountConfig(
                 account_id=str(acct_id),
@@ -361,6 +404,47 @@ def _load_accounts_file(path: str) -> list[AccountConfig]:
                 graph_url=conf.get("graph_url"),
                 rates=rates,
                 burst=burst,
+                login=login,
+                page_id=page_id,
             )
         )
     return out
+
+
+def _api_tokens(value: str | None) -> tuple[str, ...]:
+    """``DMWORKER_API_TOKENS`` split on commas, each entry checked (``token`` or ``token:role[:a|b]``).
+
+    Raises:
+        ConfigError: naming the variable and the entry's position (never the token).
+    """
+    from .scopes import parse_entries
+
+    tokens = tuple(t.strip() for t in (value or "").split(",") if t.strip())
+    try:
+        parse_entries(tokens)
+    except ValueError as e:
+        raise ConfigError(f"DMWORKER_API_TOKENS: {e}") from None
+    return tokens
+
+
+def _secret_keys(value: str | None) -> tuple[str, ...]:
+    """``DMWORKER_SECRET_KEY``: one or more Fernet keys, comma-separated (the first encrypts).
+
+    Raises:
+        ConfigError: when a key is not a urlsafe-base64 32-byte Fernet key.
+    """
+    import base64
+    import binascii
+
+    keys = tuple(k.strip() for k in (value or "").split(",") if k.strip())
+    for n, key in enumerate(keys, 1):
+        try:
+            ok = len(base64.urlsafe_b64decode(key.encode())) == 32
+        except (binascii.Error, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"DMWORKER_SECRET_KEY: key {n} is not a Fernet key (32 urlsafe-base64 bytes; "
+                "make one with `dmworker accounts new-key`)"
+            )
+    return keys

@@ -134,6 +134,20 @@ class InstagramClient:
             pool_size=settings.http_pool_size,
         )
 
+    @classmethod
+    def for_account(
+        cls, settings: Settings, account_id: str | None = None, session: requests.Session | None = None
+    ) -> InstagramClient:
+        """The client of one configured account as the workers use it: the Graph host of its login
+        (or its own ``graph_url``) and its id in paths — the Page id for Facebook Login
+        (``/<page id>/messages``, ``/<page id>/conversations``), else the Instagram account id.
+
+        Raises:
+            ConfigError: when the account is not configured.
+        """
+        acct = settings.account(account_id)
+        return cls.from_settings(settings, acct.account_id, session, path_id=acct.path_id)
+
     def __repr__(self) -> str:
         return (
             f"InstagramClient(base_url={self.base_url!r}, account_id={self.account_id!r}, "

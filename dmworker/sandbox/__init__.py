@@ -6,9 +6,9 @@ throttles, rate limits and injected faults, driven over HTTP by :class:`SandboxC
     server.py         HTTP/1.1 keep-alive server; SandboxServer (in-process, background thread)
     process.py        SandboxProcess (python -m dmworker.sandbox in a child process)
     cli.py            the command line (also `dmworker sandbox`)
-    graph.py          the Graph endpoints: auth, gate, send, conversations, objects
+    graph.py          the Graph endpoints: auth, gate, send, conversations, objects, token refresh
     validate.py       Meta-like Send API body validation -> SendSpec or code 100
-    state.py          tokens, windows, comments, records, behind one lock
+    state.py          tokens (login, page, expiry, a token clock), windows, comments, records
     limits.py         throttles, sliding-second rate limits, fault plans
     conversations.py  conversations, messages, cursor paging
     records.py        the sends/requests logs read back by sequence number

@@ -45,13 +45,40 @@ class SandboxControl:
     def reset(self) -> None:
         """Forget records, windows, comments, conversations, faults, throttles, limits, slow mode.
 
-        Keeps tokens (un-revoking revoked ones); latency and window enforcement return to their
-        start-up values.
+        Keeps tokens (un-revoking revoked ones); the token clock, latency and window enforcement
+        return to their start-up values.
         """
         self.call("reset")
 
-    def add_token(self, token: str, account_id: str) -> None:
-        self.call("add_token", token=token, account=account_id)
+    def add_token(
+        self,
+        token: str,
+        account_id: str,
+        login: str = "instagram",
+        page_id: str | None = None,
+        issued_s: float | None = None,
+        expires_s: float | None = None,
+    ) -> None:
+        """Accept ``token`` for ``account_id``. ``login="facebook"``: a Page token of ``page_id``
+        (sends go to ``/<page_id>/messages``). ``issued_s``/``expires_s`` (epoch s on the token
+        clock): expired tokens answer code 190 (subcode 463); refresh needs 24 h of age."""
+        self.call(
+            "add_token",
+            token=token,
+            account=account_id,
+            login=login,
+            page_id=page_id,
+            issued_s=issued_s,
+            expires_s=expires_s,
+        )
+
+    def set_clock(self, offset_s: float) -> float:
+        """Run the token clock ``offset_s`` seconds ahead of the wall clock (simulated days); its now."""
+        return float(self.call("set_clock", offset_s=offset_s)["token_now_s"])
+
+    def refreshes(self, account: str | None = None) -> list[dict[str, Any]]:
+        """The ``GET /refresh_access_token`` requests (accepted or refused) of ``account``."""
+        return [r for r in self.requests(account) if r.get("kind") == "refresh"]
 
     def revoke_token(self, token: str) -> None:
         self.call("revoke_token", token=token)
@@ -84,13 +111,15 @@ class SandboxControl:
                 return out
 
     def sends(self, account: str | None = None, since: int = 0) -> list[dict[str, Any]]:
-        """Accepted sends with ``seq > since``, in arrival order:
-        ``{"seq", "t_ms", "account", "recipient", "kind", "body", "message_id"}``."""
+        """Accepted sends with ``seq > since``, in arrival order: ``{"seq", "t_ms", "account",
+        "recipient", "kind", "body", "message_id", "token_fp", "path"}``."""
         return self._read("sends", account, since)
 
     def requests(self, account: str | None = None, since: int = 0) -> list[dict[str, Any]]:
         """Every Graph request with ``seq > since`` (rejected ones too): ``{"seq", "t_ms", "account",
-        "method", "path", "status", "error_code", "error_subcode", "kind", "recipient", "fault"}``."""
+        "method", "path", "status", "error_code", "error_subcode", "kind", "recipient", "fault",
+        "token_fp"}`` (``token_fp``: the fingerprint of the token it carried; ``kind`` "refresh"
+        for token refreshes)."""
         return self._read("requests", account, since)
 
     def set_latency(self, ms: float) -> None:

@@ -57,8 +57,28 @@ class ControlApi:
     def op_reset(self) -> None:
         self.state.reset()
 
-    def op_add_token(self, token: str, account: str) -> None:
-        self.state.add_token(str(token), str(account))
+    def op_add_token(
+        self,
+        token: str,
+        account: str,
+        login: str = "instagram",
+        page_id: str | None = None,
+        issued_s: float | None = None,
+        expires_s: float | None = None,
+    ) -> None:
+        self.state.add_token(
+            str(token),
+            str(account),
+            str(login),
+            None if page_id is None else str(page_id),
+            _num(issued_s),
+            _num(expires_s),
+        )
+
+    def op_set_clock(self, offset_s: float = 0.0) -> Any:
+        """Move the token clock (expiry, the 24 h refresh rule) ``offset_s`` seconds from the wall clock."""
+        self.state.clock_offset_s = float(offset_s)
+        return {"token_now_s": self.state.token_now_s()}
 
     def op_revoke_token(self, token: str) -> None:
         self.state.revoke_token(str(token))

@@ -98,9 +98,11 @@ def no_object(obj_id: str, method: str = "get") -> GraphError:
     )
 
 
-def bad_token(revoked: bool = False, missing: bool = False) -> GraphError:
+def bad_token(revoked: bool = False, missing: bool = False, expired: bool = False) -> GraphError:
     if missing:
         return GraphError(400, 190, "An access token is required to request this resource.")
+    if expired:
+        return GraphError(400, 190, "Error validating access token: Session has expired.", subcode=463)
     if revoked:
         return GraphError(
             400,

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 from .conversations import DETAIL_LIMIT, Conversation, Conversations, iso, render_message
 from .errors import GraphError, invalid, no_object
 from .fields import Fields, parse_fields
-from .state import SandboxState, now_ms
+from .state import SandboxState, fingerprint, now_ms
 from .validate import validate_send
 
 JSON = "application/json; charset=UTF-8"
@@ -91,7 +91,10 @@ class GraphApp:
             "kind": None,
             "recipient": None,
             "fault": None,
+            "token_fp": None,
         }
+        if path.rstrip("/").endswith("/refresh_access_token"):
+            record["kind"] = "refresh"  # recorded as such even when the token is refused
         pct, regain, delay_s, extra = 0, 0, 0.0, []
         try:
             if state.latency_ms > 0:
@@ -102,6 +105,7 @@ class GraphApp:
             token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
             in_query, in_body = params.pop("access_token", None), data.pop("access_token", None)
             token = token or in_query or in_body
+            record["token_fp"] = fingerprint(token) if token else None
             account = record["account"] = state.account_for(token)
             verdict = state.check(account)
             pct, record["fault"] = verdict.pct, verdict.fault
@@ -118,7 +122,7 @@ class GraphApp:
             delay_s = verdict.slow_ms / 1000.0
             if body_error is not None:
                 raise body_error
-            payload = self._route(method, path, params, data, account, record, host, query)
+            payload = self._route(method, path, params, data, account, record, host, query, token or "")
             status, out = 200, json.dumps(payload).encode()
         except GraphError as err:
             status, out, extra = err.status, err.body(), err.headers
@@ -156,12 +160,20 @@ class GraphApp:
         record: dict[str, Any],
         host: str,
         query: str,
+        token: str,
     ) -> dict[str, Any]:
         segs = [s for s in path.split("/") if s]
         prefix = ""
         if segs and VERSION_RE.fullmatch(segs[0]):
             prefix = "/" + segs.pop(0)
-        me = ("me", account)
+        info = self.state.info_of(token)
+        # a Page token (Facebook Login) names the Page in paths, an Instagram token the IG account
+        me = ("me", info.page_id) if info.login == "facebook" else ("me", account)
+        if method == "GET" and segs == ["refresh_access_token"]:
+            record["kind"] = "refresh"
+            if params.get("grant_type") != "ig_refresh_token":
+                raise invalid("grant_type must be ig_refresh_token")
+            return self.state.refresh_token(token)
         if method == "POST" and len(segs) == 2 and segs[1] == "messages":
             if segs[0] not in me:
                 raise no_object(segs[0], method)
@@ -207,7 +219,7 @@ class GraphApp:
             )
         spec = validate_send(data)
         record["kind"] = spec.kind
-        return self.state.commit_send(account, spec, data)
+        return self.state.commit_send(account, spec, data, record["token_fp"], record["path"])
 
     def _conversations(
         self, account: str, params: dict[str, Any], base: str, token_q: dict[str, str]

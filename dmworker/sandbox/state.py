@@ -7,15 +7,18 @@ throttles use the monotonic clock.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import secrets
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from .conversations import Conversations, b64
-from .errors import already_replied, bad_token, no_object, outside_window
+from .errors import already_replied, bad_token, invalid, no_object, outside_window
 from .limits import Gate, Verdict
 from .records import PAGE, RecordLog
 from .validate import SendSpec
@@ -24,11 +27,29 @@ DAY_MS = 86_400_000
 WINDOW_MS = DAY_MS
 HUMAN_AGENT_MS = 7 * DAY_MS
 COMMENT_MS = 7 * DAY_MS
+TOKEN_LIFETIME_S = 60 * 86_400  # a long-lived Instagram Login token, and each refreshed one
+MIN_REFRESH_AGE_S = 86_400  # Meta refreshes only tokens at least 24 h old
 _NONCE = os.urandom(4).hex()  # message ids stay unique across sandbox restarts
 
 
 def now_ms() -> float:
     return time.time() * 1000.0
+
+
+def fingerprint(token: str) -> str:
+    """The token's fingerprint as dmworker computes it (records never hold a token)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+@dataclass
+class TokenInfo:
+    """What the sandbox knows of one token. Times are epoch seconds on the token clock."""
+
+    account: str
+    login: str = "instagram"  # or "facebook": a Page token
+    page_id: str | None = None
+    issued_s: float | None = None
+    expires_s: float | None = None  # None: never expires
 
 
 class SandboxState:
@@ -41,6 +62,8 @@ class SandboxState:
     ) -> None:
         self.lock = threading.Lock()
         self.tokens: dict[str, str] = dict(tokens or {})
+        self.token_info: dict[str, TokenInfo] = {}
+        self.clock_offset_s = 0.0  # the token clock: wall clock + offset (simulated days)
         self.revoked: set[str] = set()
         self.initial = (float(latency_ms), bool(enforce_windows))
         self.sends = RecordLog()
@@ -54,11 +77,12 @@ class SandboxState:
     def reset(self) -> None:
         """Forget records, windows, comments, conversations, faults, throttles, limits, slow mode.
 
-        Keeps the tokens (added ones too) and un-revokes revoked ones; latency and window
-        enforcement go back to the values the sandbox was started with.
+        Keeps the tokens (added and refreshed ones too) and un-revokes revoked ones; the token clock,
+        latency and window enforcement go back to the values the sandbox was started with.
         """
         with self.lock:
             self.revoked.clear()
+            self.clock_offset_s = 0.0
             self.latency_ms, self.enforce_windows = self.initial
             self.slow_ms = 0.0
             self.windows: dict[tuple[str, str], float] = {}
@@ -70,17 +94,38 @@ class SandboxState:
             self.gate.reset()
 
     # ---- tokens -------------------------------------------------------------------------------
-    def add_token(self, token: str, account: str) -> None:
+    def add_token(
+        self,
+        token: str,
+        account: str,
+        login: str = "instagram",
+        page_id: str | None = None,
+        issued_s: float | None = None,
+        expires_s: float | None = None,
+    ) -> None:
+        """Accept ``token`` for ``account``; a ``facebook`` token is a Page token of ``page_id``."""
+        if login not in ("instagram", "facebook"):
+            raise ValueError("login must be instagram or facebook")
+        if login == "facebook" and not page_id:
+            raise ValueError("a facebook (Page) token needs page_id")
         with self.lock:
             self.tokens[token] = str(account)
+            self.token_info[token] = TokenInfo(str(account), login, page_id, issued_s, expires_s)
             self.revoked.discard(token)
 
     def revoke_token(self, token: str) -> None:
         with self.lock:
             self.revoked.add(token)
 
+    def token_now_s(self) -> float:
+        return time.time() + self.clock_offset_s
+
+    def info_of(self, token: str) -> TokenInfo:
+        """What is known of an accepted token (defaults for tokens given at start)."""
+        return self.token_info.get(token) or TokenInfo(self.tokens[token])
+
     def account_for(self, token: str | None) -> str:
-        """The token's account, or raise the code 190 answer."""
+        """The token's account, or raise the code 190 answer (unknown, revoked or expired)."""
         if not token:
             raise bad_token(missing=True)
         account = self.tokens.get(token)
@@ -88,7 +133,25 @@ class SandboxState:
             raise bad_token()
         if token in self.revoked:
             raise bad_token(revoked=True)
+        info = self.token_info.get(token)
+        if info is not None and info.expires_s is not None and self.token_now_s() >= info.expires_s:
+            raise bad_token(expired=True)
         return account
+
+    def refresh_token(self, token: str) -> dict[str, Any]:
+        """``GET /refresh_access_token``: a new 60-day token for an Instagram Login token that is
+        at least 24 h old and not expired (``account_for`` has refused revoked and expired ones)."""
+        with self.lock:
+            info = self.info_of(token)
+            now = self.token_now_s()
+            if info.login != "instagram":
+                raise invalid("only Instagram user access tokens can be refreshed here")
+            if info.issued_s is not None and now - info.issued_s < MIN_REFRESH_AGE_S:
+                raise invalid("the access token must be at least 24 hours old to be refreshed")
+            new = "IGAAsbx" + secrets.token_urlsafe(24).replace("-", "x").replace("_", "y")
+            self.tokens[new] = info.account
+            self.token_info[new] = TokenInfo(info.account, "instagram", None, now, now + TOKEN_LIFETIME_S)
+        return {"access_token": new, "token_type": "bearer", "expires_in": TOKEN_LIFETIME_S}
 
     def account_name(self, account: str) -> str:
         return f"sandbox_{account}"
@@ -136,7 +199,14 @@ class SandboxState:
         with self.lock:
             return self.gate.usage_pct(account, time.monotonic())
 
-    def commit_send(self, account: str, spec: SendSpec, body: dict[str, Any]) -> dict[str, str]:
+    def commit_send(
+        self,
+        account: str,
+        spec: SendSpec,
+        body: dict[str, Any],
+        token_fp: str | None = None,
+        path: str | None = None,
+    ) -> dict[str, str]:
         """Apply window and private-reply rules, record the send; the success body, or raise."""
         with self.lock:
             t = now_ms()
@@ -160,6 +230,8 @@ class SandboxState:
                     "kind": spec.kind,
                     "body": body,
                     "message_id": mid,
+                    "token_fp": token_fp,
+                    "path": path,
                 }
             )
             self.sends.counts[spec.kind] += 1
