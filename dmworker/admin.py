@@ -9,10 +9,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import JobNotFoundError
+from .errors import JobNotFoundError, JobStateError
 from .jobs import JobStatus
 from .keys import account_of_job
 from .lanes import LaneStore
+from .lifecycle import PAUSE_STATES
 from .settings import RATE_CLASSES
 
 
@@ -64,17 +65,28 @@ class DeadLetters:
         return JobStatus.from_redis(job_id, acct, st, job), (json.loads(job) if job else None)
 
     def replay(self, job_id: str) -> None:
-        """Put a dead letter back at the tail of its recipient's lane (attempts reset).
+        """Put a dead letter back at the tail of its lane (attempts reset, a fresh age).
 
         Raises:
-            JobNotFoundError: when the job is not in the dead-letter queue.
+            JobNotFoundError: no such job (or its retention has passed).
+            JobStateError: the job exists but is not dead-lettered (``state`` says what it is:
+                already replayed, sent, ...).
         """
-        status, _ = self.show(job_id)
-        got = self.store.replay(status.account, job_id, status.recipient)
-        if got == "notfound":
+        try:
+            acct = account_of_job(job_id)
+        except ValueError:
+            raise JobNotFoundError(job_id) from None
+        raw = self.store.redis.hget(self.store.acct(acct).status, job_id)
+        if raw is None:
             raise JobNotFoundError(job_id)
-        if got:
-            self._do_publish(status.account, status.recipient)
+        status = JobStatus.from_redis(job_id, acct, raw, None)
+        tag, extra = self.store.replay(acct, job_id, status.lane)
+        if tag == "notfound":
+            raise JobNotFoundError(job_id)
+        if tag == "notdead":
+            raise JobStateError(job_id, extra, f"job {job_id} is not dead-lettered (state: {extra})")
+        if extra:
+            self._do_publish(acct, status.lane)
 
     def purge(self, account: str | None = None) -> int:
         """Forget every dead letter (of ``account``); returns how many."""
@@ -105,6 +117,7 @@ class AccountState:
     """One account as an operator sees it.  Times are epoch milliseconds."""
 
     account: str
+    state: str  # active | paused | reauth_required | disabled
     configured: bool
     limits: dict[str, str]
     burst: int
@@ -146,6 +159,7 @@ def account_states(store: LaneStore) -> list[AccountState]:
         out.append(
             AccountState(
                 account=acct,
+                state=PAUSE_STATES.get(str(pause.get("reason")), "paused") if active else "active",
                 configured=acct in s.accounts,
                 limits={c: str(s.rate_for(acct, c)) for c in RATE_CLASSES},
                 burst=s.burst_for(acct),
@@ -164,5 +178,6 @@ def account_states(store: LaneStore) -> list[AccountState]:
 
 
 def resume_account(store: LaneStore, account: str) -> bool:
-    """Lift an account pause by hand (e.g. after replacing its token); True if one was lifted."""
-    return bool(store.redis.delete(store.acct(account).pause))
+    """Lift an account pause by hand and wake the lanes parked behind it; True if one was lifted."""
+    lifted, _woken = store.resume(account, mode="any")
+    return lifted

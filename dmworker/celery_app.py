@@ -15,10 +15,12 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from . import redisconn
-from .runtime import get_runtime
+from .keys import Keys
+from .runtime import get_runtime, set_runtime
+from .settings import Settings
 
 log = logging.getLogger("dmworker.celery")
 
@@ -68,9 +70,9 @@ def _guard_kombu_closed_channel() -> None:
 _guard_kombu_closed_channel()
 
 
-def celery_config() -> dict[str, Any]:
-    """The Celery settings dmworker needs, built from the process's settings."""
-    settings = get_runtime().settings
+def celery_config(settings: Settings | None = None) -> dict[str, Any]:
+    """The Celery settings dmworker needs, built from ``settings`` (default: the process's)."""
+    settings = settings or get_runtime().settings
     broker = redisconn.broker_url(settings)
     queue = f"{settings.key_prefix}.lanes"
     conf: dict[str, Any] = {
@@ -107,22 +109,60 @@ def celery_config() -> dict[str, Any]:
 
 app.add_defaults(celery_config)
 
+TASK = "dmworker.process_lane"
+_producer_apps: dict[tuple[str, str], Celery] = {}
+_producer_lock = threading.Lock()
+
 
 def publish(account: str, recipient: str) -> None:
     """Tell the workers that lane (account, recipient) has work."""
     process_lane.apply_async((account, recipient))
 
 
-@app.task(name="dmworker.process_lane", acks_late=True, ignore_result=True)
-def process_lane(account: str, recipient: str) -> str:
-    """Deliver what lane (account, recipient) holds; returns how the visit ended."""
+def producer_app(settings: Settings) -> Celery:
+    """A Celery app that publishes to ``settings``' broker and queue (one per broker and prefix).
+
+    An :class:`dmworker.Outbox` built with its own settings (another Redis, another prefix)
+    publishes through this, not through the process-wide app configured from the environment.
+    """
+    key = (redisconn.broker_url(settings), settings.key_prefix)
+    got = _producer_apps.get(key)
+    if got is None:
+        with _producer_lock:
+            got = _producer_apps.get(key)
+            if got is None:
+                got = Celery(f"dmworker-producer-{len(_producer_apps)}", set_as_current=False)
+                got.conf.update(celery_config(settings))
+                _producer_apps[key] = got
+    return got
+
+
+def publish_lanes(settings: Settings, lanes: list[tuple[str, str]]) -> None:
+    """Publish one lane message per ``(account, lane)`` on ``settings``' broker, one connection.
+
+    Raises:
+        kombu/Celery errors when the broker cannot be reached (the caller logs; the dispatcher
+        publishes the lanes after DMWORKER_DISPATCH_GRACE_MS anyway).
+    """
+    producer_celery = producer_app(settings)
+    queue = Keys(settings.key_prefix).celery_queue
+    with producer_celery.producer_or_acquire() as producer:
+        for a, r in lanes:
+            producer_celery.send_task(TASK, args=(a, r), queue=queue, producer=producer)
+
+
+@app.task(name=TASK, acks_late=True, ignore_result=True)
+def process_lane(account: str, recipient: str) -> dict[str, Any]:
+    """Deliver what lane (account, recipient) holds; returns what the visit did (Flower shows it):
+    ``{"ended": "empty" | "wait" | "yield" | ..., "sent": n, "failed": n, "waiting_until_ms": ...}``."""
     from .worker import LaneWorker
 
     rt = get_runtime()
     worker = _lane_worker()
     if worker is None or worker.store is not rt.store:
         worker = _set_lane_worker(LaneWorker(rt.settings, rt.store))
-    return worker.run_lane(account, recipient, publish).ended
+    summary: dict[str, Any] = worker.run_lane(account, recipient, publish).summary()
+    return summary
 
 
 _worker_lock = threading.Lock()
@@ -142,17 +182,35 @@ def _set_lane_worker(w: Any) -> Any:
     return _worker
 
 
+@worker_init.connect
+def _size_pools(sender: Any = None, **_: Any) -> None:
+    """Size the Redis pool from the worker's real concurrency, however it was set
+    (``--concurrency``, ``celery -A ... worker -c``, or DMWORKER_WORKER_CONCURRENCY)."""
+    if sender is None or getattr(sender, "app", None) is not app:
+        return
+    concurrency = getattr(sender, "concurrency", None)
+    rt = get_runtime()
+    if isinstance(concurrency, int) and concurrency > rt.settings.worker_concurrency:
+        set_runtime(rt.settings.with_overrides(worker_concurrency=concurrency))
+        log.info("Redis connection pool sized for a concurrency of %d", concurrency)
+
+
 @worker_ready.connect
 def _start_dispatcher(sender: Any = None, **_: Any) -> None:
     global _dispatch_stop
     from .dispatcher import Dispatcher, start_heartbeat, start_thread
+    from .worker import LaneWorker
 
     rt = get_runtime()
     hostname = getattr(sender, "hostname", None) or "worker"
+    worker = _lane_worker()
+    if worker is None or worker.store is not rt.store:
+        worker = _set_lane_worker(LaneWorker(rt.settings, rt.store))
+    tokens = worker.clients.token  # a held account resumes once this process has a new token
     if not rt.settings.embedded_scheduler:
-        _dispatch_stop = start_heartbeat(rt.store, hostname)
+        _dispatch_stop = start_heartbeat(rt.store, hostname, tokens=tokens)
         return
-    _thread, _dispatch_stop = start_thread(Dispatcher(rt.store, publish, name=hostname))
+    _thread, _dispatch_stop = start_thread(Dispatcher(rt.store, publish, name=hostname, tokens=tokens))
     log.info("dispatcher thread started")
 
 

@@ -1,10 +1,21 @@
-"""The dispatcher: promotes due follow-ups and wakes lanes whose wait is over.
+"""The dispatcher: promotes due follow-ups, wakes lanes whose wait is over, and keeps house.
 
 Runs as ``dmworker scheduler`` and, by default, as a thread inside every worker process.  Any
 number may run: ``promote`` and ``dispatch`` are atomic scripts, so each follow-up is promoted
 exactly once and each due lane is published once per ``dispatch_grace_ms``.  A lane whose Celery
 message was lost (producer died after writing Redis, worker killed with prefetched messages) is
 published again when its grace passes — Celery messages are hints, Redis is the truth.
+
+Housekeeping, in bounded work per pass and spread over every dispatcher:
+
+* **Retention.** ``P:housekeep`` schedules each account that holds data for its next trim (when
+  its oldest ended job, dead letter, window or comment record becomes old enough to forget, at
+  the latest one retention period ahead).  A pass claims at most :data:`TRIM_ACCOUNTS` due accounts
+  (``claim.lua``: each is trimmed by one process) — cost grows with the accounts that have
+  something to forget, not with every account.  Busy accounts also trim as they go: every job that
+  ends removes up to two expired ones (``_lifecycle.lua``), so trimming keeps up with any send rate.
+* **Refused tokens.** ``P:reauth`` lists accounts whose token Meta refused.  A process that holds a
+  *different*, non-empty token for such an account lifts the hold and wakes its parked lanes.
 """
 
 from __future__ import annotations
@@ -24,6 +35,13 @@ from .lanes import LaneStore
 log = logging.getLogger("dmworker.dispatcher")
 
 Publish = Callable[[str, str], Any]
+Tokens = Callable[[str], str]
+
+#: Accounts trimmed per housekeeping pass, jobs (and records) removed per account per call, and
+#: how long a claimed account is left to its claimer.
+TRIM_ACCOUNTS = 200
+TRIM_BATCH = 1000
+TRIM_LEASE_MS = 60_000
 
 
 @dataclass
@@ -37,14 +55,18 @@ class TickResult:
 class Dispatcher:
     """One dispatcher loop over every account that has jobs."""
 
-    def __init__(self, store: LaneStore, publish: Publish, name: str | None = None) -> None:
+    def __init__(
+        self, store: LaneStore, publish: Publish, name: str | None = None, tokens: Tokens | None = None
+    ) -> None:
         self.store = store
         self.publish = publish
         self.name = name or f"{socket.gethostname()}:{id(self):x}"
+        self.tokens = tokens
         self._accounts: list[str] = []
         self._accounts_at = 0.0
         self._last_trim = 0.0
         self._last_beat = 0.0
+        self._last_reauth = 0.0
 
     def accounts(self) -> list[str]:
         if time.monotonic() - self._accounts_at > 1.0:
@@ -88,10 +110,12 @@ class Dispatcher:
         if now - self._last_beat > 5:
             self._last_beat = now
             beat(self.store, self.name)
-        if now - self._last_trim > 60:
+        if now - self._last_trim > 1:
             self._last_trim = now
-            for account in self.accounts():
-                self.store.trim(account)
+            trim_due(self.store)
+        if self.tokens is not None and now - self._last_reauth > 2:
+            self._last_reauth = now
+            check_reauth(self.store, self.tokens)
 
     def run(self, stop: threading.Event, tick_ms: int | None = None) -> None:
         """Loop until ``stop`` is set; Redis outages are logged and retried, never fatal."""
@@ -115,20 +139,63 @@ class Dispatcher:
             stop.wait(sleep)
 
 
+def trim_due(store: LaneStore, now_ms: int | None = None, limit: int = TRIM_ACCOUNTS) -> int:
+    """Trim the accounts whose housekeeping is due (at most ``limit``); returns records removed."""
+    got = scripts.run(store.redis, "claim", [store.keys.housekeep], [TRIM_LEASE_MS, limit], now_ms)
+    now, accounts = int(got[0]), got[1:]
+    removed = 0
+    retention_ms = store.settings.retention_s * 1000
+    for account in accounts:
+        res = store.trim(account, now_ms=now_ms, batch=TRIM_BATCH)
+        removed += res.removed
+        if res.removed >= TRIM_BATCH:
+            nxt = now  # more to forget: at the next pass
+        else:
+            nxt = min(res.next_ms if res.next_ms is not None else now + retention_ms, now + retention_ms)
+        store.redis.zadd(store.keys.housekeep, {account: max(nxt, now)}, xx=True)
+    return removed
+
+
+def check_reauth(store: LaneStore, tokens: Tokens, now_ms: int | None = None) -> list[str]:
+    """Resume the accounts held for a refused token for which this process has a different one.
+
+    Returns the accounts resumed.
+    """
+    resumed = []
+    for account in store.redis.zrange(store.keys.reauth, 0, 999):
+        token = tokens(account)
+        if store.redis.hget(store.acct(account).pause, "reason") != "token_invalid":
+            store.redis.zrem(store.keys.reauth, account)  # lifted already (or replaced by another pause)
+            continue
+        if not token:
+            continue
+        lifted, woken = store.resume(account, mode="token", token=token, now_ms=now_ms)
+        if lifted:
+            store.redis.zrem(store.keys.reauth, account)
+            resumed.append(account)
+            log.warning("account %s resumed with a new token: %d waiting lane(s) woken", account, woken)
+    return resumed
+
+
 def beat(store: LaneStore, name: str) -> None:
     """Record that process ``name`` is alive (``/healthz`` looks for a beat younger than 30 s)."""
     sec, usec = store.redis.time()
     store.redis.zadd(store.keys.workers, {name: int(sec) * 1000 + int(usec) // 1000})
 
 
-def start_heartbeat(store: LaneStore, name: str, every_s: float = 5.0) -> threading.Event:
-    """Beat every ``every_s`` seconds in a daemon thread (workers that run no dispatcher)."""
+def start_heartbeat(
+    store: LaneStore, name: str, every_s: float = 5.0, tokens: Tokens | None = None
+) -> threading.Event:
+    """Beat every ``every_s`` seconds in a daemon thread (workers that run no dispatcher); with
+    ``tokens``, also resume accounts held for a refused token this process has a new token for."""
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.is_set():
             try:
                 beat(store, name)
+                if tokens is not None:
+                    check_reauth(store, tokens)
             except Exception:  # Redis down: try again at the next beat
                 log.debug("heartbeat failed", exc_info=True)
             stop.wait(every_s)

@@ -1,9 +1,20 @@
 """The enqueue path behind :class:`dmworker.outbox.Outbox`: validate, then ONE Redis round trip
-(a pipeline holding the ``enqueue`` script per job) and at most one Celery publish per new lane."""
+(a pipeline holding the ``enqueue`` script per unit) and at most one Celery publish per new lane.
+
+A batch (``send_many``, an HTTP list) is all or nothing for every check that can refuse an item —
+validation, follow-up keys, windows, idempotency conflicts, expiry — checked for the whole batch
+before anything is written.  It is then written in chunks of :data:`CHUNK`; if Redis fails midway,
+:class:`RedisUnavailableError` says exactly which items were queued (``queued``) and which are in
+doubt (``in_doubt``: a retry with the same idempotency keys settles them), and every queued item
+has been published.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,10 +22,10 @@ from typing import Any
 import redis
 
 from . import scripts
-from .due import due_ms, iso, now_ms
-from .errors import RedisUnavailableError, ValidationError, WindowClosedError
+from .due import due_ms, expiry_ms, iso
+from .errors import IdempotencyConflictError, RedisUnavailableError, ValidationError, WindowClosedError
 from .jobs import Job, new_job_id
-from .lanes import LaneStore
+from .lanes import EnqueueResult, LaneStore
 from .runtime import get_runtime
 from .schemas import SCHEMA_VERSION, dump_job, rate_class, validate_send, validate_sequence
 from .service import enforce_windows, window_limit_ms
@@ -22,7 +33,21 @@ from .settings import Settings
 
 log = logging.getLogger("dmworker.outbox")
 
-OPTIONS = ("account", "delay", "at", "key", "replace", "cancel_on_reply", "idempotency_key")
+OPTIONS = (
+    "account",
+    "delay",
+    "at",
+    "key",
+    "replace",
+    "cancel_on_reply",
+    "idempotency_key",
+    "ttl",
+    "expires_at",
+)
+#: Units written per Redis round trip in a batch.
+CHUNK = 500
+
+Clock = Callable[[], "int | None"]
 
 
 @dataclass(frozen=True)
@@ -33,10 +58,20 @@ class _Prepared:
     jobs: list[tuple[str, str, str]]
     opts: dict[str, Any]
     window_limit_ms: int
+    fingerprint: str
+
+
+def _no_clock() -> int | None:
+    return None
 
 
 class Enqueuer:
-    """Validation and the one-round-trip enqueue shared by every Outbox method."""
+    """Validation and the one-round-trip enqueue shared by every Outbox method.
+
+    ``publish(account, lane)`` replaces the Celery publish (tests, embedding); by default lanes are
+    published on the broker of ``settings``.  ``clock`` returns the time the scripts use (epoch
+    ms), ``None`` for the Redis server's clock; tests inject simulated time with it.
+    """
 
     def __init__(
         self,
@@ -45,6 +80,7 @@ class Enqueuer:
         settings: Settings | None = None,
         client: redis.Redis | None = None,
         publish: Callable[[str, str], Any] | None = None,
+        clock: Clock = _no_clock,
     ) -> None:
         if settings is None:
             rt = get_runtime()
@@ -58,6 +94,7 @@ class Enqueuer:
         self.store = LaneStore(settings, client)
         self.redis: Any = client
         self._publish = publish
+        self.clock = clock
         self._known_accounts: set[str] = set()
 
     # ------------------------------------------------------------------ send methods
@@ -114,8 +151,18 @@ class Enqueuer:
             steps = validate_sequence(recipient, args.get("steps"))  # type: ignore[arg-type]
         else:
             steps = [(kind, validate_send(kind, recipient, args))]
-        lane = f"c:{recipient}" if steps[0][0] == "private_reply" else recipient
+        private = steps[0][0] == "private_reply"
+        lane = f"c:{recipient}" if private else recipient
+        if private and opts.get("cancel_on_reply"):
+            raise ValidationError(
+                {"cancel_on_reply": ["a private reply answers a comment: there is no reply to cancel it on"]}
+            )
         delay_ms, at_ms = due_ms(opts.get("delay"), opts.get("at"))
+        ttl_ms, expires_at_ms = expiry_ms(opts.get("ttl"), opts.get("expires_at"))
+        for name in ("key", "idempotency_key"):
+            v = opts.get(name)
+            if v is not None and (not isinstance(v, str) or not v or len(v) > 200):
+                raise ValidationError({name: ["must be a non-empty string of at most 200 characters"]})
         ids = new_job_id(account, len(steps))
         jobs = []
         for job_id, (k, a) in zip(ids, steps, strict=True):
@@ -126,7 +173,7 @@ class Enqueuer:
                 "recipient": recipient,
                 "kind": k,
                 "args": a,
-                "created_ms": now_ms(),
+                "created_ms": int(time.time() * 1000),
                 "due_ms": at_ms,
                 "key": opts.get("key"),
                 "cancel_on_reply": bool(opts.get("cancel_on_reply", False)),
@@ -135,22 +182,24 @@ class Enqueuer:
             }
             jobs.append((job_id, dump_job(job), rate_class(k, a)))
         limit = 0
-        if enforce_windows(self.settings) and lane == recipient:
+        if enforce_windows(self.settings) and not private:
             limit = min(window_limit_ms(k, a) for k, a in steps)
-        key = opts.get("key")
-        if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
-            raise ValidationError({"key": ["must be a non-empty string of at most 200 characters"]})
-        idem = opts.get("idempotency_key")
-        if idem is not None and (not isinstance(idem, str) or not idem or len(idem) > 200):
-            raise ValidationError(
-                {"idempotency_key": ["must be a non-empty string of at most 200 characters"]}
-            )
-        return _Prepared(account, lane, recipient, jobs, dict(opts, delay_ms=delay_ms, at_ms=at_ms), limit)
+        request = [account, lane, steps, {o: opts.get(o) for o in OPTIONS if o != "idempotency_key"}]
+        fingerprint = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()[
+            :32
+        ]
+        prepared_opts = dict(opts, delay_ms=delay_ms, at_ms=at_ms, ttl_ms=ttl_ms, expires_at_ms=expires_at_ms)
+        return _Prepared(account, lane, recipient, jobs, prepared_opts, limit, fingerprint)
 
-    def _precheck_batch(self, prepared: Sequence[_Prepared]) -> None:
-        """Refuse a batch before writing anything if an item's window or follow-up key would refuse it.
+    def _precheck(self, prepared: Sequence[_Prepared]) -> None:
+        """Refuse a batch before writing anything if any item would be refused: its window, its
+        follow-up key, its idempotency key (used for a different request), its expiry.
 
-        The enqueue script checks both again atomically; this pass keeps a batch all-or-nothing.
+        The enqueue script checks each again atomically; this pass keeps a batch all-or-nothing.
+
+        Raises:
+            ValidationError: messages keyed ``"<index>.<field>"``.
+            RedisUnavailableError: nothing was written.
         """
         pipe = self.redis.pipeline(transaction=False)
         pipe.time()
@@ -158,17 +207,22 @@ class Enqueuer:
             k = self.store.acct(p.account)
             pipe.hget(k.windows, p.lane)
             pipe.hget(k.followup_keys, p.opts.get("key") or "")
+            idem = p.opts.get("idempotency_key")
+            pipe.get(k.idempotency(idem) if idem else k.idempotency("-"))
         try:
             out = pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise RedisUnavailableError(f"Redis is unreachable; nothing was queued: {e}") from None
-        now = int(out[0][0]) * 1000 + int(out[0][1]) // 1000
+        clock = self.clock()
+        now = clock if clock is not None else int(out[0][0]) * 1000 + int(out[0][1]) // 1000
         errors: dict[str, list[str]] = {}
         seen_keys: set[tuple[str, str]] = set()
         for n, p in enumerate(prepared):
-            last, existing = out[1 + 2 * n], out[2 + 2 * n]
+            last, existing, idem_rec = out[1 + 3 * n], out[2 + 3 * n], out[3 + 3 * n]
+            due = max(now, p.opts["at_ms"] or now + (p.opts["delay_ms"] or 0))
+            if p.opts["expires_at_ms"] is not None and p.opts["expires_at_ms"] <= due:
+                errors[f"{n}.expires_at"] = [f"expires before the job is due ({iso(due)})"]
             if p.window_limit_ms:
-                due = p.opts["at_ms"] or now + (p.opts["delay_ms"] or 0)
                 if last is None:
                     errors[f"{n}.window"] = [
                         "the messaging window is closed: this user has not messaged the account"
@@ -181,22 +235,47 @@ class Enqueuer:
                     ]
             key = p.opts.get("key")
             if key:
-                if (existing and not p.opts.get("replace")) or (p.account, key) in seen_keys:
+                if (existing and not p.opts.get("replace") and self._unit_live(p.account, existing)) or (
+                    p.account,
+                    key,
+                ) in seen_keys:
                     errors[f"{n}.key"] = [
                         f"a follow-up with key {key!r} is already pending; pass replace=True"
                     ]
                 seen_keys.add((p.account, key))
+            if idem_rec and p.opts.get("idempotency_key"):
+                rec = json.loads(idem_rec)
+                if isinstance(rec, dict) and rec.get("fp") not in (None, p.fingerprint):
+                    errors[f"{n}.idempotency_key"] = [
+                        f"idempotency key {p.opts['idempotency_key']!r} was already used for a "
+                        "different request"
+                    ]
         if errors:
+            self._count_refusal(next(iter(errors)).split(".", 1)[1].split(".")[0])
             raise ValidationError(errors)
 
-    def _commit(self, prepared: Sequence[_Prepared]) -> list[Job]:
-        if len(prepared) > 1:
-            self._precheck_batch(prepared)
+    def _unit_live(self, account: str, job_id: str) -> bool:
+        raw = self.redis.hget(self.store.acct(account).status, job_id)
+        return bool(raw) and json.loads(raw).get("state", json.loads(raw).get("s")) in (
+            "scheduled",
+            "queued",
+            "waiting",
+        )
+
+    def _commit(self, prepared: Sequence[_Prepared], *, checked: bool = False) -> list[Job]:
+        """Write ``prepared`` (one round trip), publish the new lanes, then raise for any refusal."""
+        if len(prepared) > 1 and not checked:
+            self._precheck(prepared)
         new_accounts = {p.account for p in prepared} - self._known_accounts
+        now = self.clock()
+        wall = now if now is not None else int(time.time() * 1000)
 
         def build(pipe: Any) -> None:
             if new_accounts:
                 pipe.sadd(self.store.keys.accounts, *new_accounts)
+                # retention: each account with data is trimmed at the latest a retention from now
+                at = wall + self.settings.retention_s * 1000
+                pipe.zadd(self.store.keys.housekeep, dict.fromkeys(new_accounts, at), nx=True)
             for p in prepared:
                 o = p.opts
                 self.store.enqueue(
@@ -206,63 +285,153 @@ class Enqueuer:
                     delay_ms=o["delay_ms"],
                     at_ms=o["at_ms"],
                     idempotency_key=o.get("idempotency_key"),
+                    fingerprint=p.fingerprint,
                     key=o.get("key"),
                     replace=bool(o.get("replace", False)),
                     cancel_on_reply=bool(o.get("cancel_on_reply", False)),
                     window_limit_ms=p.window_limit_ms,
+                    ttl_ms=o["ttl_ms"],
+                    expires_at_ms=o["expires_at_ms"],
+                    now_ms=now,
                     pipe=pipe,
                 )
 
-        try:
-            replies = scripts.execute_pipeline(self.redis, build)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise RedisUnavailableError(f"Redis is unreachable; nothing was queued: {e}") from None
+        replies = scripts.execute_pipeline(self.redis, build)
         self._known_accounts |= new_accounts
-        replies = replies[1:] if new_accounts else replies
-        out, to_publish = [], []
+        replies = replies[2:] if new_accounts else replies
+        out: list[Job] = []
+        to_publish: list[tuple[str, str]] = []
+        refusal: Exception | None = None
         for p, raw in zip(prepared, replies, strict=True):
             res = LaneStore.parse_enqueue(raw)
-            if res.status == "keyexists":
-                raise ValidationError(
-                    {
-                        "key": [
-                            f"a follow-up with key {p.opts.get('key')!r} is already "
-                            f"pending (job {res.existing_id}); pass replace=True"
-                        ]
-                    }
-                )
-            if res.status == "window":
-                if res.window_closes_ms is None:
-                    raise WindowClosedError(
-                        "the messaging window is closed: this user has not messaged "
-                        "the account (no inbound message recorded)"
+            if res.status in ("new", "dup"):
+                if res.publish:
+                    to_publish.append((p.account, p.lane))
+                out.append(
+                    Job(
+                        res.ids[0], res.ids, p.account, p.recipient, res.due_ms, duplicate=res.status == "dup"
                     )
-                raise WindowClosedError(
-                    f"the messaging window closes at {iso(res.window_closes_ms)} "
-                    f"({res.window_closes_ms} ms), before this job would be sent",
-                    res.window_closes_ms,
                 )
-            if res.publish:
-                to_publish.append((p.account, p.lane))
-            out.append(Job(res.ids[0], res.ids, p.account, p.lane, res.due_ms, duplicate=res.status == "dup"))
+            elif refusal is None:
+                refusal = self._refusal(p, res)
         if to_publish:
-            try:
-                self._publish_many(to_publish)
-            except Exception:  # the jobs are safe in Redis; the dispatcher publishes them after its grace
-                log.warning(
-                    "could not publish to the Celery broker; the dispatcher will pick the lanes up "
-                    "within DMWORKER_DISPATCH_GRACE_MS",
-                    exc_info=True,
-                )
+            self._publish_lanes(to_publish)
+        if refusal is not None:
+            raise refusal
         return out
 
-    def _publish_many(self, lanes: list[tuple[str, str]]) -> None:
-        if self._publish is not None:
-            for a, r in lanes:
-                self._publish(a, r)
-            return
-        from .celery_app import app, process_lane
+    def _refusal(self, p: _Prepared, res: EnqueueResult) -> Exception:
+        """The error for an item the enqueue script refused (after the batch pre-check passed: a
+        concurrent producer got there first)."""
+        if res.status == "keyexists":
+            self._count_refusal("key")
+            return ValidationError(
+                {
+                    "key": [
+                        f"a follow-up with key {p.opts.get('key')!r} is already pending "
+                        f"(job {res.existing_id}); pass replace=True"
+                    ]
+                }
+            )
+        if res.status == "idemconflict":
+            self._count_refusal("idempotency_key")
+            return IdempotencyConflictError(str(p.opts.get("idempotency_key")), res.ids)
+        if res.status == "expiry":
+            self._count_refusal("expires_at")
+            return ValidationError(
+                {"expires_at": [f"expires before the job is due ({iso(res.due_ms or 0)})"]}
+            )
+        self._count_refusal("window")
+        if res.window_closes_ms is None:
+            return WindowClosedError(
+                "the messaging window is closed: this user has not messaged "
+                "the account (no inbound message recorded)"
+            )
+        return WindowClosedError(
+            f"the messaging window closes at {iso(res.window_closes_ms)} "
+            f"({res.window_closes_ms} ms), before this job would be sent",
+            res.window_closes_ms,
+        )
 
-        with app.producer_or_acquire() as producer:
-            for a, r in lanes:
-                process_lane.apply_async((a, r), producer=producer)
+    _REFUSAL_REASONS = {
+        "window": "window",
+        "key": "key_exists",
+        "idempotency_key": "idempotency_conflict",
+        "expires_at": "expiry",
+    }
+
+    def _count_refusal(self, field: str) -> None:
+        """Count a refused enqueue by reason (``P:refused``, read by /metrics); never raises."""
+        reason = self._REFUSAL_REASONS.get(field, "validation")
+        try:
+            self.redis.hincrby(self.store.keys.refused, reason, 1)
+        except redis.RedisError:
+            log.debug("could not count a refusal", exc_info=True)
+
+    def commit_batch(self, prepared: Sequence[_Prepared], progress: Any = None) -> list[Job]:
+        """Write a whole batch, all or nothing for every check; see the module docstring.
+
+        Raises:
+            ValidationError: an item would be refused; nothing was queued.
+            RedisUnavailableError: Redis failed midway; ``queued`` and ``in_doubt`` say what was
+                written.
+        """
+        if len(prepared) > 1:
+            for start in range(0, len(prepared), CHUNK * 10):
+                self._precheck(prepared[start : start + CHUNK * 10])
+        out: list[Job] = []
+        for start in range(0, len(prepared), CHUNK):
+            chunk = prepared[start : start + CHUNK]
+            try:
+                out += self._commit_retrying(chunk)
+            except RedisUnavailableError as e:
+                end = start + len(chunk)
+                where = (
+                    f"items 0-{start - 1} were queued; " if start else "no item was queued; "
+                ) + f"items {start}-{end - 1} may or may not have been"
+                if end < len(prepared):
+                    where += f"; items {end}-{len(prepared) - 1} were not"
+                raise RedisUnavailableError(
+                    f"Redis became unreachable: {where}. Sending the whole batch again with the same "
+                    f"idempotency keys is safe: {e}",
+                    queued=out,
+                    in_doubt=tuple(range(start, end)),
+                ) from None
+            if progress is not None:
+                progress.update(len(chunk))
+        return out
+
+    def _commit_retrying(self, chunk: Sequence[_Prepared]) -> list[Job]:
+        """Commit one chunk; after a connection error, try the same chunk once more (the same job
+        ids: what the first try wrote is recognised, never queued twice)."""
+        for attempt in (0, 1):
+            try:
+                return self._commit(chunk, checked=True)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if attempt:
+                    raise RedisUnavailableError(str(e)) from None
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    def submit_prepared(self, p: _Prepared) -> Job:
+        """Write one unit; map a lost Redis to :class:`RedisUnavailableError`."""
+        try:
+            return self._commit([p])[0]
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise RedisUnavailableError(f"Redis is unreachable; nothing was queued: {e}") from None
+
+    def _publish_lanes(self, lanes: list[tuple[str, str]]) -> None:
+        try:
+            if self._publish is not None:
+                for a, r in lanes:
+                    self._publish(a, r)
+                return
+            from .celery_app import publish_lanes
+
+            publish_lanes(self.settings, lanes)
+        except Exception:  # the jobs are safe in Redis; the dispatcher publishes them after its grace
+            log.warning(
+                "could not publish to the Celery broker; the dispatcher will pick the lanes up "
+                "within DMWORKER_DISPATCH_GRACE_MS",
+                exc_info=True,
+            )

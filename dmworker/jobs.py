@@ -9,7 +9,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-STATES = ("queued", "scheduled", "waiting", "sending", "sent", "failed", "cancelled")
+from .lifecycle import STATES, normalize
+
+__all__ = ["STATES", "Job", "JobError", "JobStatus", "WindowInfo", "new_job_id"]
 
 _counter_lock = threading.Lock()
 _counter = 0
@@ -62,12 +64,18 @@ class JobStatus:
     key: str | None = None
     dead_lettered: bool = False
     kind: str | None = None
+    expires_at_ms: int | None = None
+    ended_ms: int | None = None
+    lane: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_redis(cls, job_id: str, account: str, status_json: str, job_json: str | None) -> JobStatus:
-        st = json.loads(status_json)
-        err = st.get("e")
+        """A producer's view of a status record (``lane`` is where it queues: ``c:<id>`` for a
+        private reply, whose ``recipient`` is the comment id as given)."""
+        st: dict[str, Any] = dict(normalize(json.loads(status_json)))
+        err = st.get("error")
+        lane = str(st.get("lane", ""))
         kind = None
         if job_json:
             try:
@@ -77,15 +85,15 @@ class JobStatus:
         return cls(
             id=job_id,
             account=account,
-            recipient=str(st.get("r", "")),
-            state=st["s"],
-            attempts=int(st.get("a", 0)),
-            created_ms=int(st.get("c", 0)),
-            updated_ms=int(st.get("u", 0)),
-            due_ms=_int(st.get("d")),
-            sent_ms=_int(st.get("sent")),
-            next_attempt_ms=_int(st.get("n")) if st["s"] == "waiting" else None,
-            message_id=st.get("m"),
+            recipient=lane[2:] if kind == "private_reply" and lane.startswith("c:") else lane,
+            state=st["state"],
+            attempts=int(st.get("attempts", 0)),
+            created_ms=int(st.get("created_ms", 0)),
+            updated_ms=int(st.get("updated_ms", 0)),
+            due_ms=_int(st.get("due_ms")),
+            sent_ms=_int(st.get("sent_ms")),
+            next_attempt_ms=_int(st.get("next_attempt_ms")) if st["state"] == "waiting" else None,
+            message_id=st.get("message_id"),
             last_error=JobError(
                 kind=str(err.get("kind", "error")),
                 message=str(err.get("message", "")),
@@ -96,9 +104,12 @@ class JobStatus:
             )
             if isinstance(err, dict)
             else None,
-            key=st.get("k"),
-            dead_lettered=bool(st.get("dead")),
+            key=st.get("key"),
+            dead_lettered=bool(st.get("dead_lettered")),
             kind=kind,
+            expires_at_ms=_int(st.get("expires_at_ms")),
+            ended_ms=_int(st.get("ended_ms")),
+            lane=lane,
             raw=st,
         )
 
@@ -119,6 +130,8 @@ class JobStatus:
             "message_id": self.message_id,
             "key": self.key,
             "dead_lettered": self.dead_lettered,
+            "expires_at_ms": self.expires_at_ms,
+            "ended_ms": self.ended_ms,
             "last_error": None,
         }
         if self.last_error is not None:

@@ -8,29 +8,38 @@ script together with account keys.
 Per account ``A`` (prefix ``P``, default ``dmw``)::
 
     P:{A}:jobs            HASH  job id -> job JSON (immutable spec)
-    P:{A}:st              HASH  job id -> status JSON (state, attempts, error, times)
+    P:{A}:st              HASH  job id -> status record JSON (dmworker.lifecycle.StatusRecord)
     P:{A}:lane:<r>        LIST  job ids of recipient r, FIFO (head = next to send)
     P:{A}:lease:<r>       STR   token of the worker holding lane r (PX = lease)
     P:{A}:ready           ZSET  recipient -> ms when the lane should next be looked at
     P:{A}:sched           ZSET  job id -> due ms (delayed follow-ups)
     P:{A}:fkey            HASH  follow-up key -> job id
-    P:{A}:cor:<r>         SET   cancel-on-reply follow-up ids of recipient r
+    P:{A}:cor             ZSET  "<r>|<job id>" (score 0, read by lex range): cancel-on-reply jobs
+    P:{A}:cor:<r>         SET   (older versions: cancel-on-reply ids of r; read once and removed)
     P:{A}:hold            HASH  recipient -> ms before which the lane must not send (typing pause)
     P:{A}:idem:<k>        STR   idempotency key -> job ids JSON (EX = retention)
-    P:{A}:dlq             ZSET  job id -> ms it was dead-lettered
-    P:{A}:done            ZSET  job id -> ms it finished (retention trimming)
+    P:{A}:dlq             ZSET  job id -> ms it was dead-lettered (DMWORKER_DLQ_RETENTION_S, capped)
+    P:{A}:done            ZSET  job id -> ms it ended: sent, failed, cancelled, expired (retention)
     P:{A}:rl              HASH  limiter state: <class>:tat, <class>:wake, thread:<r> (us)
-    P:{A}:pause           HASH  until_ms, reason, probe, fails, token_fp (account pause)
+    P:{A}:pause           HASH  until, reason, probe, probe_until, fails, token_fp, detail, since
     P:{A}:win             HASH  recipient -> ms of the user's last window opener
+    P:{A}:wint            ZSET  recipient -> the same ms (windows are forgotten after 7 days)
     P:{A}:cmt             HASH  comment id -> ms of the comment / "used"
+    P:{A}:cmtt            ZSET  comment id -> ms of the comment (forgotten after 7 days)
     P:{A}:usage           HASH  last usage headers seen (call_count, ...)
     P:{A}:stats           HASH  counters (accepted, sent, failed, retried, throttled, ...)
     P:{A}:seen            STR-per-event via P:{A}:evt:<mid> (webhook de-duplication, EX 48 h)
 
-Global::
+Global (never used inside a script together with account keys)::
 
     P:accounts            SET   accounts that ever had a job
     P:workers             ZSET  worker name -> last heartbeat ms
+    P:housekeep           ZSET  account -> ms its trimming is next due (only accounts with data)
+    P:reauth              ZSET  account -> ms Meta refused its token (checked for a new token)
+    P:refused             HASH  enqueue refusals by reason (validation, window, key_exists, ...)
+
+The first eight keys of an account (:meth:`AccountKeys.block`) are the *account block* every
+script built on the lifecycle prelude takes as ``KEYS[1..8]`` (see ``lua/_lifecycle.lua``).
 """
 
 from __future__ import annotations
@@ -63,8 +72,33 @@ class AccountKeys:
     def lease(self, recipient: str) -> str:
         return f"{self.base}:lease:{recipient}"
 
-    def cancel_on_reply(self, recipient: str) -> str:
+    def legacy_cancel_on_reply(self, recipient: str) -> str:
         return f"{self.base}:cor:{recipient}"
+
+    @property
+    def cancel_on_reply(self) -> str:
+        return f"{self.base}:cor"
+
+    @property
+    def window_times(self) -> str:
+        return f"{self.base}:wint"
+
+    @property
+    def comment_times(self) -> str:
+        return f"{self.base}:cmtt"
+
+    def block(self) -> list[str]:
+        """The account block: ``KEYS[1..8]`` of every lifecycle script, in this order."""
+        return [
+            self.jobs,
+            self.status,
+            self.sched,
+            self.followup_keys,
+            self.done,
+            self.dlq,
+            self.stats,
+            self.cancel_on_reply,
+        ]
 
     def idempotency(self, key: str) -> str:
         return f"{self.base}:idem:{key}"
@@ -137,6 +171,18 @@ class Keys:
     @property
     def workers(self) -> str:
         return f"{self.prefix}:workers"
+
+    @property
+    def housekeep(self) -> str:
+        return f"{self.prefix}:housekeep"
+
+    @property
+    def reauth(self) -> str:
+        return f"{self.prefix}:reauth"
+
+    @property
+    def refused(self) -> str:
+        return f"{self.prefix}:refused"
 
     @property
     def celery_queue(self) -> str:

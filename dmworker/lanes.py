@@ -11,7 +11,7 @@ Every method takes ``now_ms`` (``None`` = the Redis server's clock) so tests inj
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,17 +19,28 @@ import redis
 
 from . import scripts
 from .keys import AccountKeys, Keys
+from .lifecycle import KEEP_INBOUND_MS
 from .settings import RATE_CLASSES, Settings, token_fingerprint
 
 
 @dataclass(frozen=True)
 class EnqueueResult:
-    status: str  # "new" | "dup" | "keyexists" | "window"
+    status: str  # "new" | "dup" | "idemconflict" | "keyexists" | "window" | "expiry"
     ids: tuple[str, ...] = ()
     publish: bool = False
     due_ms: int | None = None
     window_closes_ms: int | None = None
     existing_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TrimResult:
+    """What one trim call did: records removed, when to trim next (ms, None = nothing left to
+    expire), and whether the account still has jobs that have not ended."""
+
+    removed: int
+    next_ms: int | None
+    live: bool
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,24 @@ class LaneStore:
     def acct(self, account: str) -> AccountKeys:
         return self.keys.account(account)
 
+    def _life(self, account: str, *keys: str) -> tuple[list[str], list[Any]]:
+        """KEYS and the leading ARGV (after the clock) of a lifecycle script for ``account``."""
+        s = self.settings
+        retention = [s.retention_s * 1000, s.dlq_retention_s * 1000, s.dlq_max]
+        return [*self.acct(account).block(), *keys], retention
+
+    def _run(
+        self,
+        name: str,
+        account: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        now_ms: int | None,
+        pipe: Any = None,
+    ) -> Any:
+        all_keys, leading = self._life(account, *keys)
+        return scripts.run(self.redis, name, all_keys, [*leading, *args], now_ms, pipe=pipe)
+
     # ------------------------------------------------------------------ producer side
     def enqueue(
         self,
@@ -80,51 +109,55 @@ class LaneStore:
         delay_ms: int | None = None,
         at_ms: int | None = None,
         idempotency_key: str | None = None,
+        fingerprint: str = "",
         key: str | None = None,
         replace: bool = False,
         cancel_on_reply: bool = False,
         window_limit_ms: int = 0,
+        ttl_ms: int | None = None,
+        expires_at_ms: int | None = None,
         now_ms: int | None = None,
         pipe: Any = None,
     ) -> Any:
-        """Accept ``jobs`` (id, job JSON, rate class) for one recipient atomically.
+        """Accept ``jobs`` (id, job JSON, rate class) for one lane atomically, as one unit.
 
-        With ``pipe`` the call is only queued; pass the raw reply to :meth:`parse_enqueue`.
+        ``fingerprint`` identifies the request behind ``idempotency_key`` (the same key with a
+        different request is refused).  With ``pipe`` the call is only queued; pass the raw reply
+        to :meth:`parse_enqueue`.
         """
         k = self.acct(account)
+        s = self.settings
         keys = [
-            k.jobs,
-            k.status,
             k.lane(recipient),
             k.ready,
-            k.sched,
-            k.followup_keys,
-            k.cancel_on_reply(recipient),
             k.idempotency(idempotency_key) if idempotency_key else k.idempotency("-"),
-            k.stats,
             k.windows,
         ]
         args: list[Any] = [
             recipient,
             "" if delay_ms is None else int(delay_ms),
             "" if at_ms is None else int(at_ms),
-            self.settings.retention_s if idempotency_key else 0,
+            s.retention_s if idempotency_key else 0,
             key or "",
             1 if replace else 0,
             1 if cancel_on_reply else 0,
             int(window_limit_ms),
-            self.settings.dispatch_grace_ms,
+            s.dispatch_grace_ms,
+            "" if ttl_ms is None else int(ttl_ms),
+            "" if expires_at_ms is None else int(expires_at_ms),
+            int(s.max_age_s * 1000),
+            fingerprint,
             len(jobs),
         ]
         for job_id, job_json, rate_class in jobs:
             args += [job_id, job_json, rate_class]
-        reply = scripts.run(self.redis, "enqueue", keys, args, now_ms, pipe=pipe)
+        reply = self._run("enqueue", account, keys, args, now_ms, pipe=pipe)
         return reply if pipe is not None else self.parse_enqueue(reply)
 
     @staticmethod
     def parse_enqueue(reply: list[Any]) -> EnqueueResult:
         tag = reply[0]
-        if tag in ("new", "dup"):
+        if tag in ("new", "dup", "idemconflict"):
             return EnqueueResult(
                 tag, tuple(reply[3:]), bool(int(reply[1])), int(reply[2]) if tag == "new" else None
             )
@@ -133,6 +166,8 @@ class LaneStore:
         if tag == "window":
             closes = int(reply[1])
             return EnqueueResult(tag, window_closes_ms=None if closes < 0 else closes)
+        if tag == "expiry":
+            return EnqueueResult(tag, due_ms=int(reply[1]))
         raise RuntimeError(f"unexpected enqueue reply {reply!r}")
 
     def cancel(
@@ -141,17 +176,17 @@ class LaneStore:
         job_id: str | None = None,
         key: str | None = None,
         reason: str = "cancelled by the producer",
+        why: str = "cancelled",
         now_ms: int | None = None,
     ) -> tuple[str, str | None, str | None]:
-        """Cancel a job by id or follow-up key: ("cancelled"|"notfound"|"final", id, state)."""
-        k = self.acct(account)
-        reply = scripts.run(
-            self.redis,
-            "cancel",
-            [k.status, k.sched, k.followup_keys, k.stats],
-            [job_id or "", key or "", reason],
-            now_ms,
-        )
+        """Cancel a job's unit by job id or follow-up key.
+
+        Returns ("cancelled", id, None) | ("notfound", id or None, None) | ("final", id, state):
+        nothing was left to cancel (``state`` is the first step's state).
+        """
+        reply = self._run("cancel", account, [], [job_id or "", key or "", why, reason], now_ms)
+        if reply[0] == "cancelled":
+            return "cancelled", reply[1], None
         return reply[0], (reply[1] or None), (reply[2] if len(reply) > 2 else None)
 
     def inbound(
@@ -166,39 +201,37 @@ class LaneStore:
         dedupe_ttl_s: int = 48 * 3600,
         now_ms: int | None = None,
     ) -> tuple[bool, list[str]]:
-        """Record a user's event: (was it new, ids of follow-ups cancelled by it)."""
+        """Record a user's event: (was it new, ids of follow-ups cancelled by it).
+
+        An event older than ``dedupe_ttl_s`` counts as not new (it could be a replay).
+        """
         k = self.acct(account)
-        reply = scripts.run(
-            self.redis,
+        reply = self._run(
             "inbound",
-            [
-                k.event(event_id),
-                k.windows,
-                k.cancel_on_reply(user),
-                k.status,
-                k.sched,
-                k.followup_keys,
-                k.stats,
-            ],
+            account,
+            [k.event(event_id), k.windows, k.window_times, k.legacy_cancel_on_reply(user)],
             [user, int(ts_ms), 1 if opens_window else 0, 1 if cancels else 0, dedupe_ttl_s],
             now_ms,
         )
-        if reply[0] == "dup":
+        if reply[0] in ("dup", "old"):
             return False, []
         return True, list(reply[2:])
 
-    def replay(self, account: str, job_id: str, recipient: str, now_ms: int | None = None) -> str | bool:
+    def replay(self, account: str, job_id: str, lane: str, now_ms: int | None = None) -> tuple[str, Any]:
+        """Put a dead letter back in its lane: ("replayed", publish?) | ("notfound", None) |
+        ("notdead", its state)."""
         k = self.acct(account)
-        reply = scripts.run(
-            self.redis,
+        s = self.settings
+        reply = self._run(
             "replay",
-            [k.dlq, k.status, k.lane(recipient), k.ready],
-            [job_id, recipient, self.settings.dispatch_grace_ms],
+            account,
+            [k.lane(lane), k.ready],
+            [job_id, lane, s.dispatch_grace_ms, int(s.max_age_s * 1000)],
             now_ms,
         )
-        if reply[0] == "notfound":
-            return "notfound"
-        return bool(int(reply[1]))
+        if reply[0] == "replayed":
+            return "replayed", bool(int(reply[1]))
+        return reply[0], (reply[1] if len(reply) > 1 else None)
 
     # ------------------------------------------------------------------ worker side
     def step(
@@ -209,7 +242,7 @@ class LaneStore:
         *,
         acquire: bool,
         prev_id: str | None = None,
-        outcome: dict[str, Any] | None = None,
+        outcome: Mapping[str, Any] | None = None,
         yield_lane: bool = False,
         token: str = "",
         now_ms: int | None = None,
@@ -221,19 +254,13 @@ class LaneStore:
             k.lane(recipient),
             k.lease(recipient),
             k.ready,
-            k.jobs,
-            k.status,
             k.hold,
             k.limiter,
             k.pause,
             k.windows,
-            k.dlq,
-            k.done,
-            k.stats,
             k.comments,
-            k.cancel_on_reply(recipient),
-            k.followup_keys,
             k.usage,
+            k.comment_times,
         ]
         args: list[Any] = [
             recipient,
@@ -246,10 +273,11 @@ class LaneStore:
             token_fingerprint(token) if token else "",
             s.decision_burst_for(account),
             s.thread_min_interval_ms * 1000,
+            int(s.usage_decay_s * 1000),
         ]
         for klass in RATE_CLASSES:
             args += [klass, s.rate_for(account, klass).interval_us]
-        reply = scripts.run(self.redis, "step", keys, args, now_ms)
+        reply = self._run("step", account, keys, args, now_ms)
         tag = reply[0]
         if tag == "job":
             return Step(
@@ -301,28 +329,90 @@ class LaneStore:
     def promote(
         self, account: str, items: Sequence[tuple[str, str]], now_ms: int | None = None
     ) -> tuple[int, list[str]]:
-        """Move due follow-ups ``(job id, recipient)`` into their lanes: (count, lanes to publish)."""
+        """Move due follow-ups ``(job id, lane)`` into their lanes: (count, lanes to publish).
+
+        A follow-up whose expiry passed before it could be promoted ends ``expired``.
+        """
         if not items:
             return 0, []
         k = self.acct(account)
-        keys = [k.sched, k.status, k.ready] + [k.lane(r) for _, r in items]
+        keys = [k.ready] + [k.lane(r) for _, r in items]
         args: list[Any] = [self.settings.dispatch_grace_ms, len(items)]
         for job_id, r in items:
             args += [job_id, r]
-        reply = scripts.run(self.redis, "promote", keys, args, now_ms)
+        reply = self._run("promote", account, keys, args, now_ms)
         return int(reply[0]), list(reply[1:])
 
-    def trim(self, account: str, now_ms: int | None = None, batch: int = 1000) -> int:
+    # ------------------------------------------------------------------ account-wide operations
+    def trim(self, account: str, now_ms: int | None = None, batch: int = 1000) -> TrimResult:
+        """Forget, in bounded work, what retention no longer keeps (see ``lua/trim.lua``)."""
         k = self.acct(account)
-        return int(
-            scripts.run(
-                self.redis,
-                "trim",
-                [k.done, k.jobs, k.status],
-                [self.settings.retention_s * 1000, batch],
-                now_ms,
-            )
+        reply = self._run(
+            "trim",
+            account,
+            [k.windows, k.window_times, k.comments, k.comment_times],
+            [batch, KEEP_INBOUND_MS],
+            now_ms,
         )
+        nxt = int(reply[1])
+        return TrimResult(int(reply[0]), None if nxt < 0 else nxt, bool(int(reply[2])))
+
+    def resume(
+        self,
+        account: str,
+        *,
+        mode: str = "any",
+        token: str = "",
+        batch: int = 1000,
+        now_ms: int | None = None,
+    ) -> tuple[bool, int]:
+        """Lift the account's pause and wake every lane parked behind it: (lifted?, lanes woken).
+
+        ``mode="token"`` lifts only a refused-token pause, and only when ``token`` is a different,
+        non-empty token than the one Meta refused; ``mode="any"`` lifts any pause.
+        """
+        k = self.acct(account)
+        fp = token_fingerprint(token) if token else ""
+        lifted, woken, left = (
+            int(x) for x in scripts.run(self.redis, "resume", [k.pause, k.ready], [mode, fp, batch], now_ms)
+        )
+        while left > 0 and lifted:
+            got = scripts.run(self.redis, "resume", [k.pause, k.ready], ["wake", "", batch], now_ms)
+            woken, left = woken + int(got[1]), int(got[2])
+            if int(got[1]) == 0:
+                break
+        return bool(lifted), woken
+
+    def end_jobs(
+        self,
+        account: str,
+        ids: Sequence[str],
+        *,
+        state: str = "cancelled",
+        why: str = "cancelled",
+        message: str = "cancelled",
+        now_ms: int | None = None,
+    ) -> int:
+        """End the given jobs (their whole units) that were not sent yet: ``cancelled``, or ``failed``
+        without a dead letter.  Returns how many ended."""
+        if state not in ("cancelled", "failed"):
+            raise ValueError("state must be 'cancelled' or 'failed'")
+        if not ids:
+            return 0
+        return int(self._run("end_jobs", account, [], [state, why, message, *ids], now_ms))
+
+    def end_account_jobs(
+        self, account: str, state: str = "cancelled", reason: str = "the account was removed"
+    ) -> int:
+        """End every job of ``account`` not sent yet (see :meth:`end_jobs`); returns how many.
+
+        Walks the account's status records in batches (cost grows with the account's jobs).
+        """
+        n = 0
+        ids = (job_id for job_id, _ in self.redis.hscan_iter(self.acct(account).status, count=500))
+        for batch in _batches(ids, 500):
+            n += self.end_jobs(account, batch, state=state, why="account_removed", message=reason)
+        return n
 
     def limit(self, account: str, klass: str, now_ms: int | None = None) -> tuple[bool, int]:
         """One limiter decision outside a lane: (allowed, microseconds to wait)."""
@@ -331,7 +421,12 @@ class LaneStore:
             self.redis,
             "limit",
             [self.acct(account).limiter],
-            [klass, rate.interval_us, self.settings.decision_burst_for(account)],
+            [
+                klass,
+                rate.interval_us,
+                self.settings.decision_burst_for(account),
+                int(self.settings.usage_decay_s * 1000),
+            ],
             now_ms,
         )
         return bool(int(reply[0])), int(reply[1])
@@ -339,3 +434,14 @@ class LaneStore:
     def _redis_now_ms(self) -> int:
         sec, usec = self.redis.time()
         return int(sec) * 1000 + int(usec) // 1000
+
+
+def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

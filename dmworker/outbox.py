@@ -6,8 +6,11 @@
 >>> outbox.status(job.id).state                         # queued | scheduled | ... | sent
 
 Every method validates first (:class:`dmworker.errors.ValidationError` with field paths,
-nothing queued), accepts ``idempotency_key=`` (same key within the retention: same job, never a
-second send), ``delay=``/``at=`` (a follow-up), ``key=``/``replace=`` (name a follow-up),
+nothing queued), accepts ``idempotency_key=`` (same key and same request within the retention: the
+same job, never a second send; the same key with a different request:
+:class:`dmworker.errors.IdempotencyConflictError`), ``delay=``/``at=`` (a follow-up; ``at`` in the
+past means now), ``ttl=``/``expires_at=`` (never sent after that: ``expired``; default
+``DMWORKER_MAX_AGE_S`` from when the job is due), ``key=``/``replace=`` (name a follow-up),
 ``cancel_on_reply=`` and ``account=``.  Redis unreachable raises
 :class:`dmworker.errors.RedisUnavailableError` with nothing written.
 """
@@ -108,23 +111,34 @@ class Outbox(Enqueuer):
     # ------------------------------------------------------------------ generic entry points
     def submit(self, kind: str, recipient: str, args: Mapping[str, Any], **opts: Any) -> Job:
         """Validate and queue one job of ``kind`` (the method name without ``send_``)."""
-        return self._commit([self._prepare(kind, recipient, args, opts)])[0]
+        return self.submit_prepared(self._prepared(kind, recipient, args, opts))
 
     def submit_sequence(self, recipient: str, steps: Sequence[Mapping[str, Any]], **opts: Any) -> Job:
-        """Validate and queue ordered ``steps`` (``[{"kind": "typing", "seconds": 2}, ...]``)."""
-        return self._commit([self._prepare("sequence", recipient, {"steps": list(steps)}, opts)])[0]
+        """Validate and queue ordered ``steps`` (``[{"kind": "typing", "seconds": 2}, ...]``) as one
+        unit: cancelling it (by ``Job.id``, any of ``Job.ids`` or its key), replacing it or a reply
+        acts on every step not yet sent."""
+        return self.submit_prepared(self._prepared("sequence", recipient, {"steps": list(steps)}, opts))
+
+    def _prepared(self, kind: str, recipient: str, args: Mapping[str, Any], opts: Mapping[str, Any]) -> Any:
+        try:
+            return self._prepare(kind, recipient, args, opts)
+        except ValidationError:
+            self._count_refusal("validation")
+            raise
 
     def send_many(self, items: Iterable[Mapping[str, Any]], progress: bool = False) -> list[Job]:
         """Queue many jobs in pipelined round trips; every item is validated before any is queued.
 
         Each item is ``{"kind": ..., "recipient": ..., <args>, [account, delay, at, key, replace,
-        cancel_on_reply, idempotency_key]}``; ``kind: "sequence"`` takes ``steps``.  ``progress``
-        shows a progress bar on stderr.
+        cancel_on_reply, idempotency_key, ttl, expires_at]}``; ``kind: "sequence"`` takes ``steps``.
+        ``progress`` shows a progress bar on stderr.  All or nothing for every check that can
+        refuse an item (validation, keys, windows, idempotency conflicts, expiry).
 
         Raises:
             ValidationError: ``messages`` keyed ``"<index>.<field>"``; nothing was queued.
-            RedisUnavailableError: Redis is unreachable; the message says how many items (the first
-                ones, in order) were queued before it went away.
+            RedisUnavailableError: Redis became unreachable; ``queued`` lists the jobs that were
+                queued (and published), ``in_doubt`` the item indexes whose fate is unknown, and the
+                message says which items were not queued.
         """
         prepared, errors = [], {}
         for i, item in enumerate(items):
@@ -143,29 +157,18 @@ class Outbox(Enqueuer):
                 for path, msgs in e.messages.items():
                     errors[f"{i}.{path}"] = msgs
         if errors:
+            self._count_refusal("validation")
             raise ValidationError(errors)
-        out: list[Job] = []
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(prepared), desc="queued", unit="job", file=sys.stderr)
-        for start in range(0, len(prepared), 500):
-            try:
-                out += self._commit(prepared[start : start + 500])
-            except RedisUnavailableError as e:
-                if not out:
-                    raise
-                raise RedisUnavailableError(
-                    f"Redis became unreachable after {len(out)} of {len(prepared)} jobs were queued "
-                    f"(items 0-{len(out) - 1}); items {len(out)}- were not. Send the rest again (the same "
-                    f"idempotency keys make a retry of the whole batch safe): {e}"
-                ) from None
+        try:
+            return self.commit_batch(prepared, progress=bar)
+        finally:
             if bar is not None:
-                bar.update(len(prepared[start : start + 500]))
-        if bar is not None:
-            bar.close()
-        return out
+                bar.close()
 
     # ------------------------------------------------------------------ reading and control
     def status(self, job_id: str) -> JobStatus:
@@ -190,10 +193,11 @@ class Outbox(Enqueuer):
     def cancel(
         self, job_id: str | None = None, *, key: str | None = None, account: str | None = None
     ) -> bool:
-        """Cancel a queued or scheduled job by id, or a follow-up by ``key``.
+        """Cancel a job by id, or a follow-up by ``key`` — with every other step of its sequence
+        that has not been sent, atomically.
 
-        Returns True when it was cancelled, False when it had already been sent, failed or
-        cancelled (or is being sent right now).
+        Returns True when something was cancelled, False when nothing was left to cancel (sent,
+        failed, cancelled, expired, or being sent right now).
 
         Raises:
             JobNotFoundError: no such job or key.
@@ -202,7 +206,7 @@ class Outbox(Enqueuer):
             raise ValidationError({"_schema": ["give exactly one of job_id or key"]})
         acct = account_of_job(job_id) if job_id else self._account(account)
         try:
-            tag, _jid, _ = self.store.cancel(acct, job_id=job_id, key=key)
+            tag, _jid, _ = self.store.cancel(acct, job_id=job_id, key=key, now_ms=self.clock())
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise RedisUnavailableError(f"Redis is unreachable: {e}") from None
         if tag == "notfound":

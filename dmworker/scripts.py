@@ -2,7 +2,9 @@
 
 Each script's header (in its ``.lua`` file) lists its KEYS, ARGV and return value.  Every
 script starts with the ``_now.lua`` prelude: ``ARGV[1]`` is an injected clock in milliseconds
-(tests), or ``''`` to use the Redis server's ``TIME`` — worker clocks never matter.
+(tests), or ``''`` to use the Redis server's ``TIME`` — worker clocks never matter.  Scripts that
+change a job's state also start with ``_lifecycle.lua`` (a job's life, written once: see
+:mod:`dmworker.lifecycle`) and take the account block of keys and the retention arguments first.
 """
 
 from __future__ import annotations
@@ -17,7 +19,22 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-NAMES = ("enqueue", "step", "dispatch", "promote", "cancel", "inbound", "replay", "trim", "limit")
+NAMES = (
+    "enqueue",
+    "step",
+    "dispatch",
+    "promote",
+    "cancel",
+    "inbound",
+    "replay",
+    "trim",
+    "limit",
+    "resume",
+    "end_jobs",
+    "claim",
+)
+#: The scripts built on the lifecycle prelude (account block in KEYS[1..8], retention in ARGV[2..4]).
+LIFECYCLE = frozenset({"enqueue", "step", "promote", "cancel", "inbound", "replay", "trim", "end_jobs"})
 
 _lock = threading.Lock()
 _registered: dict[int, dict[str, Script]] = {}
@@ -27,7 +44,8 @@ _registered: dict[int, dict[str, Script]] = {}
 def source(name: str) -> str:
     """The full text of script ``name`` (prelude included)."""
     lua = Path(__file__).with_name("lua")
-    return (lua / "_now.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    parts = ["_now", "_lifecycle", name] if name in LIFECYCLE else ["_now", name]
+    return "\n".join((lua / f"{part}.lua").read_text() for part in parts)
 
 
 def scripts(client: redis.Redis) -> dict[str, Script]:

@@ -8,8 +8,14 @@ exception to an *outcome* — the small dict the ``step`` script records:
 ``sent``       delivered; ``mid`` = Meta's message id; ``hold_ms`` = typing pause before the next
 ``retry``      temporary failure: the lane holds for ``delay_ms`` (exponential backoff, full jitter)
 ``throttled``  the whole account pauses (``pause_ms`` or exponential); the attempt is refunded
-``failed``     permanent: ``dead`` = dead-lettered; ``token_invalid`` stops the account's sends
+``reauth``     Meta refused the token: the account is held until a different token is configured;
+               the attempt is refunded and nothing is dead-lettered (``fp`` = the refused token's
+               fingerprint)
+``failed``     permanent: ``dead`` = dead-lettered
 =============  =================================================================================
+
+Expiry is not decided here: ``step.lua`` never hands out a job past its ``expires_at_ms`` (Redis
+clock), see :mod:`dmworker.lifecycle`.
 """
 
 from __future__ import annotations
@@ -80,9 +86,6 @@ def precheck(
     settings: Settings,
 ) -> dict[str, Any] | None:
     """An outcome that settles the job without an API call, or ``None`` to send it."""
-    age_ms = now_ms - int(job.get("created_ms") or now_ms)
-    if age_ms > settings.max_age_s * 1000:
-        return _fail("expired", f"not sent within the maximum age of {settings.max_age_s:g} s")
     if attempts > settings.max_attempts:
         why = "a worker died while sending it" if state_before == "sending" else "temporary failures"
         return _fail("attempts_exhausted", f"gave up after {attempts - 1} attempts ({why})")
@@ -125,8 +128,12 @@ def send(
     client: InstagramClient | None,
     settings: Settings,
     rand: Callable[[], float] = random.random,
+    token_fp: str = "",
 ) -> dict[str, Any]:
-    """Send ``job`` through ``client`` and return the outcome (never raises)."""
+    """Send ``job`` through ``client`` and return the outcome (never raises).
+
+    ``token_fp`` is the fingerprint of the token ``client`` sends with (recorded when Meta refuses it).
+    """
     kind, args = job["kind"], dict(job.get("args") or {})
     account = job["account"]
     if client is None:
@@ -164,7 +171,7 @@ def send(
             out["pause_cap_ms"] = int(settings.policy_block_pause_s * 1000)
         return out
     except gerr.TokenInvalidError as e:
-        return {"o": "failed", "dead": True, "token_invalid": True, "err": e.to_dict(), "kind": kind}
+        return {"o": "reauth", "fp": token_fp, "err": e.to_dict(), "kind": kind}
     except gerr.PermanentError as e:
         return {"o": "failed", "dead": True, "err": e.to_dict(), "kind": kind}
     except gerr.GraphError as e:  # temporary, or outcome unknown (resent: at-least-once, see docs)

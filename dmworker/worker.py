@@ -16,34 +16,74 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from .clients import ClientPool
 from .lanes import LaneStore, Step
 from .schemas import load_job
 from .service import precheck, send
-from .settings import Settings
+from .settings import Settings, token_fingerprint
 
 log = logging.getLogger("dmworker.worker")
 
 LANE_SLICE_S = 5.0
 
 
+#: Attempts and first pause (s) to record an outcome through a transient Redis error: a message
+#: Meta accepted must not be sent again because its outcome could not be written (the lease,
+#: DMWORKER_LEASE_MS, bounds how long the lane can wait for it).
+RECORD_ATTEMPTS = 5
+RECORD_BACKOFF_S = 0.2
+
+Clock = Callable[[], "int | None"]
+
+
 @dataclass
 class LaneRun:
-    """What one visit of a lane did (for logs and tests)."""
+    """What one visit of a lane did (for logs, tests and the Celery task's result)."""
 
     sent: int = 0
     outcomes: list[str] = field(default_factory=list)
     ended: str = ""
     wait_until_ms: int | None = None
+    why: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready account of the visit (what Flower shows as the task's result)."""
+        counts: dict[str, int] = {}
+        for o in self.outcomes:
+            counts[o] = counts.get(o, 0) + 1
+        out: dict[str, Any] = {"ended": self.ended, **counts}
+        if self.wait_until_ms is not None:
+            out["waiting_until_ms"] = self.wait_until_ms
+            out["waiting_for"] = self.why
+        return out
+
+
+def _no_clock() -> int | None:
+    return None
 
 
 class LaneWorker:
-    """Runs lanes for one process: a lane store, an HTTP client per account."""
+    """Runs lanes for one process: a lane store, an HTTP client per account.
 
-    def __init__(self, settings: Settings, store: LaneStore, clients: ClientPool | None = None) -> None:
+    ``clock`` returns the time to give the scripts (epoch ms), or ``None`` for the Redis server's
+    clock (production); tests inject simulated time with it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: LaneStore,
+        clients: ClientPool | None = None,
+        clock: Clock = _no_clock,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.clients = clients or ClientPool(settings)
+        self.clock = clock
+        self._sleep = sleep
 
     def run_lane(
         self, account: str, recipient: str, publish: Callable[[str, str], Any] | None = None
@@ -52,28 +92,22 @@ class LaneWorker:
         holder = uuid.uuid4().hex
         token = self.clients.token(account)
         run = LaneRun()
-        step = self.store.step(account, recipient, holder, acquire=True, token=token)
+        step = self.store.step(account, recipient, holder, acquire=True, token=token, now_ms=self.clock())
         started = time.monotonic()
         while step.action == "job":
-            outcome = self.execute(account, recipient, step)
+            outcome = self.execute(account, recipient, step, token)
             run.outcomes.append(outcome["o"])
             if outcome["o"] == "sent":
                 run.sent += 1
             give_back = (
                 len(run.outcomes) >= self.settings.lane_batch or time.monotonic() - started > LANE_SLICE_S
             )
-            step = self.store.step(
-                account,
-                recipient,
-                holder,
-                acquire=False,
-                prev_id=step.job_id,
-                outcome=outcome,
-                yield_lane=give_back,
-                token=token,
-            )
+            step = self._record(account, recipient, holder, step.job_id, outcome, give_back, token)
         run.ended = step.action
         run.wait_until_ms = step.until_ms
+        run.why = step.why
+        if "reauth" in run.outcomes:  # the dispatchers resume it once a process has a new token
+            self.store.redis.zadd(self.store.keys.reauth, {account: int(time.time() * 1000)}, nx=True)
         if step.action == "yield" and publish is not None:
             publish(account, recipient)
         if step.action == "lost":
@@ -83,7 +117,46 @@ class LaneWorker:
             )
         return run
 
-    def execute(self, account: str, recipient: str, step: Step) -> dict[str, Any]:
+    def _record(
+        self,
+        account: str,
+        recipient: str,
+        holder: str,
+        prev_id: str | None,
+        outcome: dict[str, Any],
+        give_back: bool,
+        token: str,
+    ) -> Step:
+        """Record ``outcome`` and take the next step, retrying a transient Redis error (bounded).
+
+        Safe to repeat: the outcome is fenced by the holder token, so a call that ran but whose
+        reply was lost is not recorded twice; the job it handed out is handed out again.
+        """
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                return self.store.step(
+                    account,
+                    recipient,
+                    holder,
+                    acquire=False,
+                    prev_id=prev_id,
+                    outcome=outcome,
+                    yield_lane=give_back,
+                    token=token,
+                    now_ms=self.clock(),
+                )
+            except (redis.ConnectionError, redis.TimeoutError):
+                if attempt == RECORD_ATTEMPTS - 1:
+                    raise
+                log.warning(
+                    "Redis error while recording a %s outcome; retrying",
+                    outcome.get("o"),
+                    extra={"job_id": prev_id, "recipient": recipient, "account": account},
+                )
+                self._sleep(RECORD_BACKOFF_S * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def execute(self, account: str, recipient: str, step: Step, token: str = "") -> dict[str, Any]:
         """The outcome of the job ``step`` hands out (an API call unless a precheck settles it)."""
         extra = {"job_id": step.job_id, "recipient": recipient, "account": account}
         try:
@@ -106,7 +179,21 @@ class LaneWorker:
             return settled
         if step.state_before == "sending":
             log.warning("resending a job whose worker died mid-send (it may be delivered twice)", extra=extra)
-        outcome = send(job, attempts=step.attempts, client=self.clients.get(account), settings=self.settings)
+        outcome = send(
+            job,
+            attempts=step.attempts,
+            client=self.clients.get(account),
+            settings=self.settings,
+            token_fp=token_fingerprint(token) if token else "",
+        )
+        if outcome["o"] == "reauth":
+            log.error(
+                "Meta refused the token of account %s (fingerprint %s): its sends are held, nothing is "
+                "dead-lettered, until a different token is configured",
+                account,
+                outcome.get("fp") or "-",
+                extra=extra,
+            )
         if outcome["o"] == "throttled":
             pause = outcome.get("pause_ms")
             log.warning(

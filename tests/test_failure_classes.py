@@ -7,6 +7,7 @@ import time
 from conftest import ACCOUNT, TOKEN
 
 from dmworker.admin import DeadLetters, account_states
+from dmworker.dispatcher import check_reauth
 from dmworker.lanes import LaneStore
 from dmworker.outbox import Outbox
 from dmworker.settings import AccountConfig
@@ -71,26 +72,38 @@ def test_permanent_failure_fails_at_once_and_the_next_job_proceeds(settings, san
     assert ob.status(j2.id).state == "sent"
 
 
-def test_a_bad_token_stops_the_account_without_dead_lettering_its_queue(settings, sandbox, rdb):
+def test_a_refused_token_holds_the_account_without_dead_lettering_anything(settings, sandbox, rdb):
     s, ob, w = _setup(settings, rdb)
     sandbox.open_windows(ACCOUNT, ["3004", "3005"])
     sandbox.revoke_token(TOKEN)
     j1, j2 = ob.send_text("3004", "a"), ob.send_text("3004", "b")
     j3 = ob.send_text("3005", "c")
     run = w.run_lane(ACCOUNT, "3004")
-    assert run.outcomes == ["failed"] and run.ended == "wait"
-    assert ob.status(j1.id).last_error.code == 190  # type: ignore[union-attr]
-    assert w.run_lane(ACCOUNT, "3005").outcomes == []  # the whole account is stopped
+    assert run.outcomes == ["reauth"] and run.ended == "wait"
+    s1 = ob.status(j1.id)
+    assert s1.state == "waiting" and s1.attempts == 0 and not s1.dead_lettered
+    assert s1.last_error and s1.last_error.code == 190
+    assert w.run_lane(ACCOUNT, "3005").outcomes == []  # the whole account is held
     assert ob.status(j2.id).state == "queued" and ob.status(j3.id).state == "queued"
+    assert DeadLetters(w.store).count(ACCOUNT) == 0
     state = next(a for a in account_states(w.store) if a.account == ACCOUNT)
-    assert state.pause_reason == "token_invalid"
-    # the operator replaces the token; a worker with the new token resumes by itself
+    assert state.state == "reauth_required" and state.pause_reason == "token_invalid"
+    # the lanes sleep until resumed (no polling), and a process with the old token never resumes it
+    k = w.store.acct(ACCOUNT)
+    assert rdb.zscore(k.ready, "3004") > time.time() * 1000 + 365 * 86_400_000
+    assert check_reauth(w.store, w.clients.token) == []
+    # the operator replaces the token; a process with the new token resumes it and wakes the lanes
     sandbox.add_token("IGAAnew-token-0001", ACCOUNT)
     s2 = s.with_overrides(accounts={**s.accounts, ACCOUNT: AccountConfig(ACCOUNT, "IGAAnew-token-0001")})
     w2 = LaneWorker(s2, LaneStore(s2, rdb))
+    assert check_reauth(w2.store, w2.clients.token) == [ACCOUNT]
+    assert rdb.zscore(k.ready, "3004") <= time.time() * 1000 + 1000
+    assert not rdb.exists(k.pause)
     w2.run_lane(ACCOUNT, "3004")
     w2.run_lane(ACCOUNT, "3005")
-    assert ob.status(j2.id).state == "sent" and ob.status(j3.id).state == "sent"
+    assert [ob.status(j.id).state for j in (j1, j2, j3)] == ["sent"] * 3
+    texts = [m["body"]["message"]["text"] for m in sandbox.sends(ACCOUNT)]
+    assert texts == ["a", "b", "c"]  # held in order, released in order
     w2.clients.close()
 
 

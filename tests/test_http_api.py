@@ -213,9 +213,7 @@ def test_unknown_things_are_404_json(api):
 
 
 def test_dead_letters_list_show_replay_and_purge(api, asettings, rdb, sandbox, published):
-    # Given two jobs dead-lettered because their accounts' tokens were revoked
-    sandbox.revoke_token(TOKEN)
-    sandbox.revoke_token(TOKEN2)
+    # Given two jobs dead-lettered because Meta refused them (no messaging window open)
     a = api.post("/v1/messages", {"kind": "text", "recipient": USER, "text": "a"}).json["jobs"][0]["id"]
     b = api.post("/v1/messages", {"kind": "text", "recipient": USER2, "text": "b", "account": ACCOUNT2})
     b = b.json["jobs"][0]["id"]
@@ -228,7 +226,7 @@ def test_dead_letters_list_show_replay_and_purge(api, asettings, rdb, sandbox, p
     # Then they are listed, per account too
     listed = api.get("/v1/dlq").json["dead_letters"]
     assert {d["id"] for d in listed} == {a, b}
-    assert all(d["last_error"]["kind"] == "token_invalid" for d in listed)
+    assert all(d["last_error"]["kind"] == "outside_window" for d in listed)
     assert [d["id"] for d in api.get(f"/v1/dlq?account={ACCOUNT2}&limit=5").json["dead_letters"]] == [b]
     assert api.get("/v1/dlq?limit=0").status_code == 422
     shown = api.get(f"/v1/dlq/{a}").json
@@ -236,12 +234,17 @@ def test_dead_letters_list_show_replay_and_purge(api, asettings, rdb, sandbox, p
     # When one is replayed and the other account's are purged
     published.clear()
     assert api.post(f"/v1/dlq/{a}/replay").json == {"replayed": True, "id": a}
-    assert published == [(ACCOUNT, USER)] and api.get(f"/v1/jobs/{a}").json["state"] == "queued"
+    assert published == [(ACCOUNT, USER)]
+    replayed = api.get(f"/v1/jobs/{a}").json
+    assert replayed["state"] == "queued" and replayed["dead_lettered"] is False
+    # a second replay: the job exists but is no longer a dead letter -> 409 with its state
+    again = api.post(f"/v1/dlq/{a}/replay")
+    assert again.status_code == 409 and again.json["state"] == "queued"
     assert api.delete(f"/v1/dlq?account={ACCOUNT2}").json == {"purged": 1}
     # Then nothing is left
     assert api.get("/v1/dlq").json == {"dead_letters": []}
     states = {acc["account"]: acc for acc in api.get("/v1/accounts").json["accounts"]}
-    assert states[ACCOUNT2]["pause_reason"] == "token_invalid" and states[ACCOUNT]["configured"]
+    assert states[ACCOUNT]["configured"] and states[ACCOUNT2]["dead_letters"] == 0
 
 
 def test_windows_endpoint(api, asettings, rdb):

@@ -8,7 +8,7 @@ import pytest
 
 from dmworker.lanes import LaneStore
 from dmworker.outbox import Outbox
-from dmworker.settings import AccountConfig, Settings, parse_rate
+from dmworker.settings import AccountConfig, Settings, parse_rate, token_fingerprint
 
 A, B = "17841400000000001", "17841400000000002"
 T0 = 1_800_000_000_000  # an injected "now" in ms
@@ -40,7 +40,8 @@ def store(lsettings: Settings, rdb) -> LaneStore:
 @pytest.fixture
 def outbox(lsettings: Settings, rdb) -> tuple[Outbox, list]:
     published: list = []
-    return Outbox(settings=lsettings, client=rdb, publish=lambda a, r: published.append((a, r))), published
+    ob = Outbox(settings=lsettings, client=rdb, publish=lambda a, r: published.append((a, r)), clock=lambda: T0)
+    return ob, published
 
 
 def sent(mid: str = "m1") -> dict:
@@ -133,7 +134,7 @@ def test_a_throttle_pauses_the_whole_account_then_one_probe_goes(outbox, store):
     assert store.step(A, "401", "w", acquire=True, now_ms=T0 + 3003).job_id == a1.id
 
 
-def test_a_bad_token_stops_the_account_until_the_token_changes(outbox, store):
+def test_a_refused_token_holds_the_account_until_a_different_token(outbox, store):
     ob, _ = outbox
     j1, j2 = ob.send_text("501", "x"), ob.send_text("501", "y")
     store.step(A, "501", "w", acquire=True, now_ms=T0, token="old")
@@ -146,18 +147,22 @@ def test_a_bad_token_stops_the_account_until_the_token_changes(outbox, store):
         token="old",
         now_ms=T0,
         outcome={
-            "o": "failed",
-            "dead": True,
-            "token_invalid": True,
+            "o": "reauth",
+            "fp": token_fingerprint("old"),
             "err": {"kind": "token_invalid", "message": "bad token", "code": 190},
         },
     )
     assert st.action == "wait" and st.why == "paused:token_invalid"
     s1 = ob.status(j1.id)
-    assert s1.state == "failed" and s1.dead_lettered and s1.last_error and s1.last_error.code == 190
-    assert ob.status(j2.id).state == "queued"  # not dead-lettered
+    # the job in flight waits with its attempt refunded; nothing is dead-lettered
+    assert s1.state == "waiting" and s1.attempts == 0 and not s1.dead_lettered
+    assert store.redis.zcard(store.acct(A).dlq) == 0
+    assert ob.status(j2.id).state == "queued"
+    # the old token, and a process with no token, never lift the hold
     assert store.step(A, "501", "w", acquire=True, token="old", now_ms=T0 + 86_400_000).action == "wait"
-    assert store.step(A, "501", "w", acquire=True, token="new", now_ms=T0 + 1).job_id == j2.id
+    assert store.step(A, "501", "w", acquire=True, token="", now_ms=T0 + 2).action == "wait"
+    # a different token goes on, in order
+    assert store.step(A, "501", "w", acquire=True, token="new", now_ms=T0 + 3).job_id == j1.id
 
 
 def test_cancelled_jobs_are_skipped(outbox, store):
@@ -170,7 +175,7 @@ def test_cancelled_jobs_are_skipped(outbox, store):
 
 def test_followups_enter_the_lane_when_due_behind_what_is_there(outbox, store):
     ob, _ = outbox
-    now = store._redis_now_ms()
+    now = T0
     f = ob.send_text("701", "follow-up", delay=60)
     assert ob.status(f.id).state == "scheduled"
     q = ob.send_text("701", "now")

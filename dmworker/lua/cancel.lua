@@ -1,20 +1,15 @@
--- cancel: cancel a job by id, or by follow-up key when ARGV[2] is ''.
--- KEYS[1] st   KEYS[2] sched   KEYS[3] fkey   KEYS[4] stats
--- ARGV[1] now override   ARGV[2] job id ('' = look up ARGV[3])   ARGV[3] follow-up key
--- ARGV[4] reason
--- Returns {"cancelled", id} | {"notfound", ''} | {"final", id, state} (already sent/failed/cancelled/sending)
-local id = ARGV[2]
+-- cancel: cancel a job's unit (every step of its sequence not yet sent) by job id, or by follow-up key.
+-- KEYS[1..8] account block (see _lifecycle.lua)
+-- ARGV[1..4] clock and retention   ARGV[5] job id ('' = look up ARGV[6])   ARGV[6] follow-up key
+-- ARGV[7] why (error kind: cancelled)   ARGV[8] message
+-- Returns {"cancelled", id, count} | {"notfound", ''} | {"final", id, state} (nothing left to cancel:
+-- the unit was already sent, failed, cancelled or expired, or is being sent right now)
+local id = ARGV[5]
 if id == '' then
-  id = redis.call('HGET', KEYS[3], ARGV[3])
+  id = redis.call('HGET', K.fkey, ARGV[6])
   if not id then return {'notfound', ''} end
 end
-local raw = redis.call('HGET', KEYS[1], id)
-if not raw then return {'notfound', id} end
-local st = cjson.decode(raw)
-if st.s ~= 'scheduled' and st.s ~= 'queued' and st.s ~= 'waiting' then return {'final', id, st.s} end
-st.s = 'cancelled'; st.u = now_ms; st.e = {kind = 'cancelled', message = ARGV[4]}
-redis.call('HSET', KEYS[1], id, cjson.encode(st))
-redis.call('ZREM', KEYS[2], id)
-if st.k and redis.call('HGET', KEYS[3], st.k) == id then redis.call('HDEL', KEYS[3], st.k) end
-redis.call('HINCRBY', KEYS[4], 'cancelled', 1)
-return {'cancelled', id}
+local n, other = cancel_unit(id, ARGV[7], ARGV[8], now_ms)
+if other == 'notfound' then return {'notfound', id} end
+if n == 0 then return {'final', id, other} end
+return {'cancelled', id, n}

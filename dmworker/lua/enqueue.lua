@@ -1,77 +1,95 @@
--- enqueue: accept one job or an ordered batch of jobs for ONE recipient, atomically.
--- KEYS[1] jobs   KEYS[2] st   KEYS[3] lane:<r>   KEYS[4] ready   KEYS[5] sched
--- KEYS[6] fkey   KEYS[7] cor:<r>   KEYS[8] idem:<k> (or a dummy)   KEYS[9] stats   KEYS[10] win
--- ARGV[1] now override ('' = Redis TIME)   ARGV[2] recipient   ARGV[3] delay_ms ('' = none)
--- ARGV[4] at_ms ('' = none)   ARGV[5] idempotency ttl s (0 = no key)   ARGV[6] follow-up key ('')
--- ARGV[7] replace (0/1)   ARGV[8] cancel_on_reply (0/1)   ARGV[9] window limit ms (0 = no check)
--- ARGV[10] dispatch grace ms   ARGV[11] n   then n x (job id, job json, rate class)
--- Returns {"new", publish(0/1), due_ms, ids...} | {"dup", 0, 0, ids...} (idempotency key seen, or
---         this very call already ran: its first job id exists)
---       | {"keyexists", existing id} | {"window", closes_at_ms or -1}
-local r = ARGV[2]
+-- enqueue: accept one job or an ordered unit of jobs (a sequence) for ONE lane, atomically.
+-- KEYS[1..8] account block (see _lifecycle.lua)   KEYS[9] lane:<r>   KEYS[10] ready
+-- KEYS[11] idem:<k> (or a dummy)   KEYS[12] win
+-- ARGV[1..4] clock and retention (see _lifecycle.lua)   ARGV[5] lane (recipient, 'c:<id>' for a
+-- private reply)   ARGV[6] delay ms ('' = none)   ARGV[7] at ms ('' = none)
+-- ARGV[8] idempotency ttl s (0 = no key)   ARGV[9] follow-up key ('')   ARGV[10] replace (0/1)
+-- ARGV[11] cancel_on_reply (0/1)   ARGV[12] window limit ms (0 = no check)   ARGV[13] dispatch grace ms
+-- ARGV[14] ttl ms ('' = none)   ARGV[15] expires_at ms ('' = none)   ARGV[16] maximum age ms
+-- ARGV[17] request fingerprint (for the idempotency key)   ARGV[18] n
+-- then n x (job id, job json, rate class) from ARGV[19]
+-- Returns {"new", publish(0/1), due_ms, ids...}
+--       | {"dup", 0, 0, ids...} (idempotency key seen with the same request, or this very call
+--         already ran: its first job id exists)
+--       | {"idemconflict", 0, 0, ids...} (idempotency key seen with a different request)
+--       | {"keyexists", existing id} | {"window", closes_at_ms or -1} | {"expiry", due_ms}
+local lane = ARGV[5]
+local n = tonumber(ARGV[18])
+local function arg(i, j) return ARGV[18 + 3 * (i - 1) + j] end
 -- a retried call whose first run succeeded (its reply was lost): the same ids, never queued twice
-if redis.call('HEXISTS', KEYS[1], ARGV[12]) == 1 then
+if redis.call('HEXISTS', K.jobs, arg(1, 1)) == 1 then
   local out = {'dup', 0, 0}
-  for i = 1, tonumber(ARGV[11]) do out[#out + 1] = ARGV[11 + 3 * i - 2] end
+  for i = 1, n do out[#out + 1] = arg(i, 1) end
   return out
 end
-if tonumber(ARGV[5]) > 0 then
-  local prev = redis.call('GET', KEYS[8])
+if tonumber(ARGV[8]) > 0 then
+  local prev = redis.call('GET', KEYS[11])
   if prev then
-    local out = {'dup', 0, 0}
-    for _, id in ipairs(cjson.decode(prev)) do out[#out + 1] = id end
+    local rec = cjson.decode(prev)
+    local ids, fp = rec, nil
+    if rec.ids then ids, fp = rec.ids, rec.fp end
+    local out = {(fp and fp ~= ARGV[17]) and 'idemconflict' or 'dup', 0, 0}
+    for _, id in ipairs(ids) do out[#out + 1] = id end
     return out
   end
 end
 local due = now_ms
-if ARGV[4] ~= '' then due = tonumber(ARGV[4]) elseif ARGV[3] ~= '' then due = now_ms + tonumber(ARGV[3]) end
-local limit = tonumber(ARGV[9])
+if ARGV[7] ~= '' then due = tonumber(ARGV[7]) elseif ARGV[6] ~= '' then due = now_ms + tonumber(ARGV[6]) end
+if due < now_ms then due = now_ms end  -- 'at' in the past means now
+local ttl_ms = ARGV[14] ~= '' and tonumber(ARGV[14]) or nil
+local expires_at_ms = ARGV[15] ~= '' and tonumber(ARGV[15]) or nil
+local expires = expiry(due, ttl_ms, expires_at_ms, tonumber(ARGV[16]))
+if expires <= due then return {'expiry', I(due)} end
+local limit = tonumber(ARGV[12])
 if limit > 0 then
-  local last = tonumber(redis.call('HGET', KEYS[10], r) or '-1')
+  local last = tonumber(redis.call('HGET', KEYS[12], lane) or '-1')
   if last < 0 then return {'window', -1} end
-  if due > last + limit then return {'window', last + limit} end
+  if due > last + limit then return {'window', I(last + limit)} end
 end
-local key = ARGV[6]
+local key = ARGV[9]
 if key ~= '' then
-  local existing = redis.call('HGET', KEYS[6], key)
+  local existing = redis.call('HGET', K.fkey, key)
   if existing then
-    local st = redis.call('HGET', KEYS[2], existing)
+    local ex = st_get(existing)
     local live = false
-    if st then
-      local s = cjson.decode(st).s
-      live = (s == 'scheduled' or s == 'queued' or s == 'waiting')
+    if ex then
+      for _, m in ipairs(members(existing, ex)) do
+        local o = (m == existing) and ex or st_get(m)
+        if o and LIVE[o.state] then live = true end
+      end
     end
-    if live and ARGV[7] ~= '1' then return {'keyexists', existing} end
-    if live then
-      local d = cjson.decode(st)
-      d.s = 'cancelled'; d.u = now_ms; d.e = {kind = 'replaced', message = 'replaced by a newer follow-up with the same key'}
-      redis.call('HSET', KEYS[2], existing, cjson.encode(d))
-      redis.call('ZREM', KEYS[5], existing)
-    end
+    if live and ARGV[10] ~= '1' then return {'keyexists', existing} end
+    if live then cancel_unit(existing, 'replaced', 'replaced by a newer follow-up with the same key', now_ms) end
   end
 end
-local n = tonumber(ARGV[11])
 local scheduled = due > now_ms
 local ids = {}
+local group = n > 1 and string.sub(arg(1, 1), 1, -4) or nil
 for i = 1, n do
-  local id, job, rc = ARGV[11 + 3 * i - 2], ARGV[11 + 3 * i - 1], ARGV[11 + 3 * i]
+  local id = arg(i, 1)
   ids[#ids + 1] = id
-  redis.call('HSET', KEYS[1], id, job)
-  local st = {s = scheduled and 'scheduled' or 'queued', a = 0, rc = rc, c = now_ms, u = now_ms, r = r}
-  if scheduled then st.d = due end
-  if key ~= '' then st.k = key end
-  if ARGV[8] == '1' then st.cor = 1; redis.call('SADD', KEYS[7], id) end
-  redis.call('HSET', KEYS[2], id, cjson.encode(st))
-  if scheduled then redis.call('ZADD', KEYS[5], due, id) else redis.call('RPUSH', KEYS[3], id) end
+  redis.call('HSET', K.jobs, id, arg(i, 2))
+  local st = {state = scheduled and 'scheduled' or 'queued', attempts = 0, rate_class = arg(i, 3),
+    lane = lane, created_ms = now_ms, updated_ms = now_ms, due_ms = due, expires_at_ms = expires,
+    ttl_ms = ttl_ms, group = group, group_size = group and n or nil}
+  if key ~= '' then st.key = key end
+  if ARGV[11] == '1' then
+    st.cancel_on_reply = true
+    redis.call('ZADD', K.cor, 0, cor_member(st, id))
+  end
+  st_put(id, st)
+  if scheduled then redis.call('ZADD', K.sched, due, id) else redis.call('RPUSH', KEYS[9], id) end
 end
-if key ~= '' then redis.call('HSET', KEYS[6], key, ids[1]) end
-if tonumber(ARGV[5]) > 0 then redis.call('SET', KEYS[8], cjson.encode(ids), 'EX', tonumber(ARGV[5])) end
-redis.call('HINCRBY', KEYS[9], 'accepted', n)
+if key ~= '' then redis.call('HSET', K.fkey, key, ids[1]) end
+if tonumber(ARGV[8]) > 0 then
+  redis.call('SET', KEYS[11], cjson.encode({ids = ids, fp = ARGV[17]}), 'EX', tonumber(ARGV[8]))
+end
+redis.call('HINCRBY', K.stats, 'accepted', n)
 local publish = 0
-if not scheduled and not redis.call('ZSCORE', KEYS[4], r) then
-  redis.call('ZADD', KEYS[4], now_ms + tonumber(ARGV[10]), r)
+if not scheduled and not redis.call('ZSCORE', KEYS[10], lane) then
+  redis.call('ZADD', KEYS[10], now_ms + tonumber(ARGV[13]), lane)
   publish = 1
 end
-local out = {'new', publish, due}
+local out = {'new', publish, I(due)}
 for _, id in ipairs(ids) do out[#out + 1] = id end
 return out

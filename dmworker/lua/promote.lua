@@ -1,22 +1,24 @@
--- promote: move due follow-ups into the tail of their recipient's lane, each exactly once.
--- KEYS[1] sched   KEYS[2] st   KEYS[3] ready   KEYS[3+i] lane of the i-th job
--- ARGV[1] now override   ARGV[2] grace ms   ARGV[3] n   then n x (job id, recipient)
--- Returns {promoted count, recipient to publish...}
-local n = tonumber(ARGV[3])
+-- promote: move due follow-ups into the tail of their lane, each exactly once; expire the ones whose
+-- time ran out before they could be promoted.
+-- KEYS[1..8] account block (see _lifecycle.lua)   KEYS[9] ready   KEYS[9+i] lane of the i-th job
+-- ARGV[1..4] clock and retention   ARGV[5] grace ms   ARGV[6] n   then n x (job id, lane)
+-- Returns {promoted count, lane to publish...}
+local n = tonumber(ARGV[6])
 local promoted, publish = 0, {}
 for i = 1, n do
-  local id, r = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
-  if redis.call('ZREM', KEYS[1], id) == 1 then
-    local raw = redis.call('HGET', KEYS[2], id)
-    if raw then
-      local st = cjson.decode(raw)
-      if st.s == 'scheduled' then
-        st.s = 'queued'; st.u = now_ms; st.p = now_ms
-        redis.call('HSET', KEYS[2], id, cjson.encode(st))
-        redis.call('RPUSH', KEYS[3 + i], id)
+  local id, r = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  if redis.call('ZREM', K.sched, id) == 1 then
+    local st = st_get(id)
+    if st and st.state == 'scheduled' then
+      if expired(st, now_ms) then
+        finish(id, st, 'expired', {kind = 'expired', message = 'not sent before it expired'}, false, now_ms)
+      else
+        st.state = 'queued'; st.updated_ms = now_ms; st.promoted_ms = now_ms
+        st_put(id, st)
+        redis.call('RPUSH', KEYS[9 + i], id)
         promoted = promoted + 1
-        if not redis.call('ZSCORE', KEYS[3], r) then
-          redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[2]), r)
+        if not redis.call('ZSCORE', KEYS[9], r) then
+          redis.call('ZADD', KEYS[9], now_ms + tonumber(ARGV[5]), r)
           publish[#publish + 1] = r
         end
       end

@@ -1,17 +1,21 @@
--- replay: put a dead-lettered job back at the tail of its recipient's lane.
--- KEYS[1] dlq   KEYS[2] st   KEYS[3] lane:<r>   KEYS[4] ready
--- ARGV[1] now override   ARGV[2] job id   ARGV[3] recipient   ARGV[4] grace ms
--- Returns {"replayed", publish} | {"notfound"}
-if redis.call('ZREM', KEYS[1], ARGV[2]) == 0 then return {'notfound'} end
-local raw = redis.call('HGET', KEYS[2], ARGV[2])
-if not raw then return {'notfound'} end
-local st = cjson.decode(raw)
-st.s = 'queued'; st.a = 0; st.u = now_ms; st.replayed = (st.replayed or 0) + 1; st.h = nil; st.n = nil
-redis.call('HSET', KEYS[2], ARGV[2], cjson.encode(st))
-redis.call('RPUSH', KEYS[3], ARGV[2])
+-- replay: put a dead-lettered job back at the tail of its lane, with a fresh age and attempts.
+-- KEYS[1..8] account block (see _lifecycle.lua)   KEYS[9] lane:<r>   KEYS[10] ready
+-- ARGV[1..4] clock and retention   ARGV[5] job id   ARGV[6] lane   ARGV[7] grace ms
+-- ARGV[8] maximum age ms
+-- Returns {"replayed", publish} | {"notfound"} | {"notdead", state}
+local id = ARGV[5]
+local st = st_get(id)
+if not st then redis.call('ZREM', K.dlq, id); return {'notfound'} end
+if redis.call('ZREM', K.dlq, id) == 0 then return {'notdead', st.state} end
+st.state = 'queued'; st.attempts = 0; st.updated_ms = now_ms; st.due_ms = now_ms
+st.replays = (st.replays or 0) + 1
+st.dead_lettered = nil; st.holder = nil; st.next_attempt_ms = nil; st.ended_ms = nil
+st.expires_at_ms = now_ms + (st.ttl_ms or tonumber(ARGV[8]))
+st_put(id, st)
+redis.call('RPUSH', KEYS[9], id)
 local publish = 0
-if not redis.call('ZSCORE', KEYS[4], ARGV[3]) then
-  redis.call('ZADD', KEYS[4], now_ms + tonumber(ARGV[4]), ARGV[3])
+if not redis.call('ZSCORE', KEYS[10], ARGV[6]) then
+  redis.call('ZADD', KEYS[10], now_ms + tonumber(ARGV[7]), ARGV[6])
   publish = 1
 end
 return {'replayed', publish}

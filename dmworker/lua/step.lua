@@ -1,140 +1,169 @@
--- step: the hot path of a lane. In ONE call: record the outcome of the previous send, then
--- check the account pause, skip cancelled jobs, honour the lane hold (typing pause, retry
--- backoff), take a rate-limiter decision (GCRA on the Redis clock) and hand out the next job.
--- KEYS[1] lane:<r>  KEYS[2] lease:<r>  KEYS[3] ready  KEYS[4] jobs  KEYS[5] st  KEYS[6] hold
--- KEYS[7] rl  KEYS[8] pause  KEYS[9] win  KEYS[10] dlq  KEYS[11] done  KEYS[12] stats
--- KEYS[13] cmt  KEYS[14] cor:<r>  KEYS[15] fkey  KEYS[16] usage
--- ARGV[1] now override  ARGV[2] recipient  ARGV[3] holder token  ARGV[4] 'acquire'|'continue'
--- ARGV[5] lease ms  ARGV[6] previous job id ('')  ARGV[7] previous outcome JSON ('')
--- ARGV[8] yield after the outcome (0/1)  ARGV[9] token fingerprint  ARGV[10] burst
--- ARGV[11] per-thread min interval us (0 = off)  ARGV[12..] class, interval us, class, interval us...
+-- step: the hot path of a lane. In ONE call: record the outcome of the previous send, then check
+-- the account pause, skip ended jobs, expire what is too old, honour the lane hold (typing pause,
+-- retry backoff), take a rate-limiter decision (GCRA on the Redis clock) and hand out the next job.
+-- KEYS[1..8] account block (see _lifecycle.lua)   KEYS[9] lane:<r>   KEYS[10] lease:<r>
+-- KEYS[11] ready   KEYS[12] hold   KEYS[13] rl   KEYS[14] pause   KEYS[15] win   KEYS[16] cmt
+-- KEYS[17] usage   KEYS[18] cmtt
+-- ARGV[1..4] clock and retention   ARGV[5] lane   ARGV[6] holder token   ARGV[7] 'acquire'|'continue'
+-- ARGV[8] lease ms   ARGV[9] previous job id ('')   ARGV[10] previous outcome JSON ('')
+-- ARGV[11] yield after the outcome (0/1)   ARGV[12] fingerprint of this process's token ('' = none)
+-- ARGV[13] burst   ARGV[14] per-thread min interval us (0 = off)   ARGV[15] usage slowdown decay ms
+-- ARGV[16..] class, interval us, class, interval us...
 -- Returns {'job', id, job json, state before, attempts, window ms|'', comment state|'', now ms}
 --       | {'wait', until ms, why} | {'empty'} | {'busy'} | {'lost'} | {'yield'}
-local function I(x) return string.format('%d', x) end
-local r, token = ARGV[2], ARGV[3]
-local lease_ms = tonumber(ARGV[5])
+local r, token = ARGV[5], ARGV[6]
+local lease_ms = tonumber(ARGV[8])
+local PARK_MS = 315360000000      -- lanes of an account whose token was refused sleep until resumed
+local E2E_BUCKETS_S = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600}
 
 -- the lease is '<holder>|<expiry ms>' (expiry on the script clock; PX only collects garbage)
 local function holder()
-  local cur = redis.call('GET', KEYS[2])
+  local cur = redis.call('GET', KEYS[10])
   if not cur then return nil, 0 end
   local tok, exp = string.match(cur, '^(.*)|(%d+)$')
   return tok, tonumber(exp or '0')
 end
 local function renew()
-  redis.call('SET', KEYS[2], token .. '|' .. I(now_ms + lease_ms), 'PX', lease_ms * 2 + 60000)
+  redis.call('SET', KEYS[10], token .. '|' .. I(now_ms + lease_ms), 'PX', lease_ms * 2 + 60000)
 end
-if ARGV[4] == 'acquire' then
+if ARGV[7] == 'acquire' then
   local tok, exp = holder()
   if tok and tok ~= token and exp > now_ms then return {'busy'} end
   renew()
 end
 
-local pause = redis.call('HMGET', KEYS[8], 'until', 'reason', 'probe', 'probe_until', 'token_fp', 'fails')
+local P_FIELDS = {'until', 'reason', 'probe', 'probe_until', 'token_fp', 'fails'}
+local function read_pause()
+  local v = redis.call('HMGET', KEYS[14], unpack(P_FIELDS))
+  return {untl = tonumber(v[1]), reason = v[2], probe = v[3], probe_until = tonumber(v[4] or '0'),
+    token_fp = v[5], fails = tonumber(v[6] or '0') or 0}
+end
+local pause = read_pause()
+local function set_pause(untl, reason, fails, fp, detail)
+  redis.call('HSET', KEYS[14], 'until', I(untl), 'reason', reason, 'probe', '', 'probe_until', '0',
+    'token_fp', fp or '', 'fails', I(fails), 'detail', detail or '', 'since', I(now_ms))
+  pause = read_pause()
+end
 
 -- 1. the outcome of the previous send (fenced by the holder token stored in the job status)
-local prev = ARGV[6]
+local prev = ARGV[9]
 if prev ~= '' then
-  local raw = redis.call('HGET', KEYS[5], prev)
-  local st = raw and cjson.decode(raw)
-  if st and st.s == 'sending' and st.h == token then
-    local o = cjson.decode(ARGV[7])
-    local finished = false
-    st.u = now_ms
-    st.h = nil
-    if o.err then st.e = o.err end
+  local st = st_get(prev)
+  if st and st.state == 'sending' and st.holder == token then
+    local o = cjson.decode(ARGV[10])
+    local was_probe = pause.probe == prev
+    st.updated_ms = now_ms
+    st.holder = nil
+    if o.err then st.error = o.err end
     if o.o == 'sent' then
-      st.s = 'sent'; st.m = o.mid; st.sent = now_ms; finished = true
-      redis.call('HINCRBY', KEYS[12], 'sent', 1)
-      if o.hold_ms and o.hold_ms > 0 then redis.call('HSET', KEYS[6], r, I(now_ms + o.hold_ms)) end
-      if o.cmt then redis.call('HSET', KEYS[13], o.cmt, 'used') end
-      if pause[3] == prev then redis.call('DEL', KEYS[8]); pause = {} end
+      st.message_id = o.mid; st.sent_ms = now_ms
+      if o.hold_ms and o.hold_ms > 0 then redis.call('HSET', KEYS[12], r, I(now_ms + o.hold_ms)) end
+      if o.cmt then
+        redis.call('HSET', KEYS[16], o.cmt, 'used')
+        if not redis.call('ZSCORE', KEYS[18], o.cmt) then redis.call('ZADD', KEYS[18], now_ms, o.cmt) end
+      end
+      if was_probe then redis.call('DEL', KEYS[14]); pause = read_pause() end
+      local e2e = (now_ms - tonumber(st.due_ms or st.created_ms or now_ms)) / 1000
+      local bucket = '+Inf'
+      for _, b in ipairs(E2E_BUCKETS_S) do if e2e <= b then bucket = tostring(b); break end end
+      redis.call('HINCRBY', K.stats, 'e2e:' .. bucket, 1)
+      redis.call('HINCRBYFLOAT', K.stats, 'e2e_sum_s', e2e)
+      redis.call('HINCRBY', K.stats, 'e2e_count', 1)
+      if redis.call('LINDEX', KEYS[9], 0) == prev then redis.call('LPOP', KEYS[9]) end
+      finish(prev, st, 'sent', nil, false, now_ms)
     elseif o.o == 'failed' then
-      st.s = 'failed'; finished = true
-      if o.dead then st.dead = 1; redis.call('ZADD', KEYS[10], now_ms, prev) end
-      redis.call('HINCRBY', KEYS[12], 'failed', 1)
-      if o.token_invalid then
-        redis.call('HSET', KEYS[8], 'until', I(now_ms + 315360000000), 'reason', 'token_invalid',
-          'probe', '', 'probe_until', '0', 'token_fp', ARGV[9], 'fails', '1',
-          'detail', o.err and o.err.message or '')
-        pause = redis.call('HMGET', KEYS[8], 'until', 'reason', 'probe', 'probe_until', 'token_fp', 'fails')
-      elseif pause[3] == prev then redis.call('DEL', KEYS[8]); pause = {} end
+      if was_probe then redis.call('DEL', KEYS[14]); pause = read_pause() end
+      if redis.call('LINDEX', KEYS[9], 0) == prev then redis.call('LPOP', KEYS[9]) end
+      finish(prev, st, 'failed', o.err, o.dead, now_ms)
     elseif o.o == 'retry' then
-      st.s = 'waiting'; st.n = now_ms + o.delay_ms
-      redis.call('HSET', KEYS[6], r, I(st.n))
-      redis.call('HINCRBY', KEYS[12], 'retried', 1)
-      if pause[3] == prev then redis.call('DEL', KEYS[8]); pause = {} end
+      st.state = 'waiting'; st.next_attempt_ms = now_ms + o.delay_ms
+      redis.call('HSET', KEYS[12], r, I(st.next_attempt_ms))
+      redis.call('HINCRBY', K.stats, 'retried', 1)
+      if was_probe then redis.call('DEL', KEYS[14]); pause = read_pause() end
+      st_put(prev, st)
     elseif o.o == 'throttled' then
-      local fails = tonumber(pause[6] or '0') or 0
-      local pms = o.pause_ms or math.min(o.pause_base_ms * math.pow(2, fails), o.pause_cap_ms)
-      st.s = 'waiting'; st.a = (st.a or 1) - 1; st.n = now_ms + pms
-      redis.call('HSET', KEYS[8], 'until', I(now_ms + pms), 'reason', o.reason or 'throttled',
-        'probe', '', 'probe_until', '0', 'token_fp', '', 'fails', I(fails + 1),
-        'detail', o.err and o.err.message or '', 'since', I(now_ms))
-      redis.call('HINCRBY', KEYS[12], 'throttled', 1)
-      pause = redis.call('HMGET', KEYS[8], 'until', 'reason', 'probe', 'probe_until', 'token_fp', 'fails')
+      -- concurrent throttled answers join one pause; only a failed probe escalates it
+      local active = pause.untl ~= nil and (pause.untl > now_ms or pause.reason == 'token_invalid')
+      if active and not was_probe then
+        if o.pause_ms and now_ms + o.pause_ms > pause.untl then
+          redis.call('HSET', KEYS[14], 'until', I(now_ms + o.pause_ms)); pause = read_pause()
+        end
+      else
+        local level = pause.untl and pause.fails or 0
+        if was_probe then level = level + 1 end
+        local pms = o.pause_ms or math.min(o.pause_base_ms * math.pow(2, level), o.pause_cap_ms)
+        set_pause(now_ms + pms, o.reason or 'throttled', level, '', o.err and o.err.message)
+      end
+      st.state = 'waiting'; st.attempts = math.max(0, (st.attempts or 1) - 1)
+      st.next_attempt_ms = pause.untl
+      redis.call('HINCRBY', K.stats, 'throttled', 1)
+      st_put(prev, st)
+    elseif o.o == 'reauth' then
+      -- Meta refused the token: hold the account (nothing is dead-lettered), refund the attempt
+      if not (pause.reason == 'token_invalid' and pause.token_fp == o.fp) then
+        set_pause(now_ms + PARK_MS, 'token_invalid', 0, o.fp, o.err and o.err.message)
+      end
+      st.state = 'waiting'; st.attempts = math.max(0, (st.attempts or 1) - 1); st.next_attempt_ms = nil
+      redis.call('HINCRBY', K.stats, 'token_refused', 1)
+      st_put(prev, st)
     end
-    if o.kind then redis.call('HINCRBY', KEYS[12], o.o .. ':' .. o.kind, 1) end
+    if o.kind then redis.call('HINCRBY', K.stats, o.o .. ':' .. o.kind, 1) end
     if o.lat then
-      redis.call('HINCRBY', KEYS[12], 'lat:' .. o.lat, 1)
-      redis.call('HINCRBYFLOAT', KEYS[12], 'lat_sum_s', o.lat_s)
+      redis.call('HINCRBY', K.stats, 'lat:' .. o.lat, 1)
+      redis.call('HINCRBYFLOAT', K.stats, 'lat_sum_s', o.lat_s)
     end
-    if o.slow then redis.call('HSET', KEYS[7], 'slow', tostring(o.slow)) end
-    if o.usage_pct then redis.call('HSET', KEYS[16], 'call_count_pct', I(o.usage_pct), 'at', I(now_ms)) end
-    if finished then
-      if redis.call('LINDEX', KEYS[1], 0) == prev then redis.call('LPOP', KEYS[1]) end
-      if not st.dead then redis.call('ZADD', KEYS[11], now_ms, prev) end
-      if st.cor then redis.call('SREM', KEYS[14], prev) end
-      if st.k and redis.call('HGET', KEYS[15], st.k) == prev then redis.call('HDEL', KEYS[15], st.k) end
-    end
-    redis.call('HSET', KEYS[5], prev, cjson.encode(st))
+    if o.slow then redis.call('HSET', KEYS[13], 'slow', tostring(o.slow), 'slow_at', I(now_ms)) end
+    if o.usage_pct then redis.call('HSET', KEYS[17], 'call_count_pct', I(o.usage_pct), 'at', I(now_ms)) end
   end
 end
 
-if ARGV[4] == 'continue' and holder() ~= token then return {'lost'} end
+if ARGV[7] == 'continue' and holder() ~= token then return {'lost'} end
 
 local function wait(until_ms, why)
-  redis.call('ZADD', KEYS[3], until_ms, r)
-  redis.call('DEL', KEYS[2])
+  redis.call('ZADD', KEYS[11], until_ms, r)
+  redis.call('DEL', KEYS[10])
   return {'wait', I(until_ms), why}
 end
 
-if ARGV[8] == '1' then
-  redis.call('ZADD', KEYS[3], now_ms, r)
-  redis.call('DEL', KEYS[2])
+if ARGV[11] == '1' then
+  redis.call('ZADD', KEYS[11], now_ms, r)
+  redis.call('DEL', KEYS[10])
   return {'yield'}
 end
 
--- 2. the next live job at the head of the lane
+-- 2. the next live job at the head of the lane (ended jobs are dropped, too-old ones expire)
 local id, job, st
 for _ = 1, 1000 do
-  id = redis.call('LINDEX', KEYS[1], 0)
+  id = redis.call('LINDEX', KEYS[9], 0)
   if not id then
-    redis.call('ZREM', KEYS[3], r)
-    redis.call('DEL', KEYS[2])
-    redis.call('HDEL', KEYS[6], r)
+    redis.call('ZREM', KEYS[11], r)
+    redis.call('DEL', KEYS[10])
+    redis.call('HDEL', KEYS[12], r)
+    redis.call('HDEL', KEYS[13], 'th:' .. r)
     return {'empty'}
   end
-  local raw = redis.call('HGET', KEYS[5], id)
-  job = redis.call('HGET', KEYS[4], id)
-  if raw and job then
-    st = cjson.decode(raw)
-    if st.s == 'queued' or st.s == 'waiting' or st.s == 'sending' then break end
-    if st.s == 'cancelled' then redis.call('ZADD', KEYS[11], now_ms, id) end
+  st = st_get(id)
+  job = redis.call('HGET', K.jobs, id)
+  if st and job and (LIVE[st.state] or st.state == 'sending') then
+    if not expired(st, now_ms) then break end
+    finish(id, st, 'expired', {kind = 'expired', message = 'not sent before it expired'}, false, now_ms)
   end
-  redis.call('LPOP', KEYS[1])
+  redis.call('LPOP', KEYS[9])
   st = nil
 end
 if not st then return wait(now_ms, 'skipped') end
 
--- 3. the account pause (throttle, policy block, bad token) and its single probe
+-- 3. the account pause (throttle, policy block, refused token) and its single probe
 local probe = false
-if pause[1] then
-  if pause[2] == 'token_invalid' and pause[5] ~= ARGV[9] then
-    redis.call('DEL', KEYS[8])            -- the token was replaced: resume
-  elseif tonumber(pause[1]) > now_ms then
-    return wait(tonumber(pause[1]), 'paused:' .. (pause[2] or 'throttled'))
-  elseif pause[3] ~= '' and pause[3] ~= id and tonumber(pause[4] or '0') > now_ms then
+if pause.untl then
+  if pause.reason == 'token_invalid' then
+    -- only a different, non-empty token goes on (the resume check lifts the pause and wakes lanes)
+    if ARGV[12] == '' or ARGV[12] == pause.token_fp then
+      return wait(pause.untl, 'paused:token_invalid')
+    end
+  elseif pause.untl > now_ms then
+    return wait(pause.untl, 'paused:' .. (pause.reason or 'throttled'))
+  elseif pause.probe ~= '' and pause.probe ~= id and pause.probe_until > now_ms then
     return wait(now_ms + 250, 'probe')    -- another lane's probe is in flight
   else
     probe = true
@@ -142,48 +171,55 @@ if pause[1] then
 end
 
 -- 4. the lane hold (typing pause, retry backoff)
-local hold = redis.call('HGET', KEYS[6], r)
+local hold = redis.call('HGET', KEYS[12], r)
 if hold then
   if tonumber(hold) > now_ms then return wait(tonumber(hold), 'hold') end
-  redis.call('HDEL', KEYS[6], r)
+  redis.call('HDEL', KEYS[12], r)
 end
 
 -- 5. rate limits: per-thread pacing, then GCRA per (account, class)
-local thread_us = tonumber(ARGV[11])
+local thread_us = tonumber(ARGV[14])
 if thread_us > 0 then
-  local last = tonumber(redis.call('HGET', KEYS[7], 'th:' .. r) or '0')
+  local last = tonumber(redis.call('HGET', KEYS[13], 'th:' .. r) or '0')
   if now_us < last + thread_us then return wait(math.ceil((last + thread_us) / 1000), 'thread') end
 end
 local interval = 0
-for i = 12, #ARGV, 2 do
-  if ARGV[i] == st.rc then interval = tonumber(ARGV[i + 1]) end
+for i = 16, #ARGV, 2 do
+  if ARGV[i] == st.rate_class then interval = tonumber(ARGV[i + 1]) end
 end
 if interval > 0 then
-  interval = math.floor(interval * tonumber(redis.call('HGET', KEYS[7], 'slow') or '1'))
-  local burst = tonumber(ARGV[10])
-  local tat = tonumber(redis.call('HGET', KEYS[7], st.rc .. ':tat') or '0')
+  local sl = redis.call('HMGET', KEYS[13], 'slow', 'slow_at')
+  local slow = tonumber(sl[1] or '1')
+  if slow > 1 then  -- Meta's usage report fades when it is not repeated
+    local left = 1 - (now_ms - tonumber(sl[2] or '0')) / tonumber(ARGV[15])
+    slow = 1 + (slow - 1) * math.max(0, left)
+  end
+  interval = math.floor(interval * slow)
+  local burst = tonumber(ARGV[13])
+  local tat = tonumber(redis.call('HGET', KEYS[13], st.rate_class .. ':tat') or '0')
   if tat < now_us then tat = now_us end
   local tolerance = (burst - 1) * interval
   if tat - now_us > tolerance then
     local wake = tat - tolerance
-    local slot = tonumber(redis.call('HGET', KEYS[7], st.rc .. ':wake') or '0')
+    local slot = tonumber(redis.call('HGET', KEYS[13], st.rate_class .. ':wake') or '0')
     if slot > wake then wake = slot end
-    redis.call('HSET', KEYS[7], st.rc .. ':wake', I(wake + interval))
-    redis.call('HINCRBY', KEYS[12], 'limiter_waits', 1)
+    redis.call('HSET', KEYS[13], st.rate_class .. ':wake', I(wake + interval))
+    redis.call('HINCRBY', K.stats, 'limiter_waits', 1)
     return wait(math.ceil(wake / 1000), 'rate')
   end
-  redis.call('HSET', KEYS[7], st.rc .. ':tat', I(tat + interval))
+  redis.call('HSET', KEYS[13], st.rate_class .. ':tat', I(tat + interval))
 end
-if thread_us > 0 then redis.call('HSET', KEYS[7], 'th:' .. r, I(now_us)) end
+if thread_us > 0 then redis.call('HSET', KEYS[13], 'th:' .. r, I(now_us)) end
 
 -- 6. hand the job out
-local before = st.s
-st.s = 'sending'; st.a = (st.a or 0) + 1; st.h = token; st.u = now_ms; st.ts = now_ms
-redis.call('HSET', KEYS[5], id, cjson.encode(st))
+local before = st.state
+st.state = 'sending'; st.attempts = (st.attempts or 0) + 1; st.holder = token; st.updated_ms = now_ms
+st.sending_since_ms = now_ms; st.next_attempt_ms = nil
+st_put(id, st)
 renew()
-redis.call('ZADD', KEYS[3], now_ms + lease_ms, r)
-if probe then redis.call('HSET', KEYS[8], 'probe', id, 'probe_until', I(now_ms + lease_ms)) end
-local win = redis.call('HGET', KEYS[9], r) or ''
+redis.call('ZADD', KEYS[11], now_ms + lease_ms, r)
+if probe then redis.call('HSET', KEYS[14], 'probe', id, 'probe_until', I(now_ms + lease_ms)) end
+local win = redis.call('HGET', KEYS[15], r) or ''
 local cmt = ''
-if string.sub(r, 1, 2) == 'c:' then cmt = redis.call('HGET', KEYS[13], string.sub(r, 3)) or '' end
-return {'job', id, job, before, st.a, win, cmt, I(now_ms)}
+if string.sub(r, 1, 2) == 'c:' then cmt = redis.call('HGET', KEYS[16], string.sub(r, 3)) or '' end
+return {'job', id, job, before, st.attempts, win, cmt, I(now_ms)}

@@ -1,0 +1,138 @@
+-- lifecycle prelude: a job's life, shared by every script that changes a job's state (BullMQ-style
+-- includes: the same step is written once here and never copied). dmworker/lifecycle.py is the
+-- Python side of the same contract (states, transitions, the status record's fields).
+--
+-- Every script that uses this prelude receives the ACCOUNT BLOCK as KEYS[1..8] and the retention
+-- settings as ARGV[2..4]; its own keys start at KEYS[9] and its own arguments at ARGV[5]:
+--   KEYS[1] jobs   KEYS[2] st   KEYS[3] sched   KEYS[4] fkey   KEYS[5] done   KEYS[6] dlq
+--   KEYS[7] stats  KEYS[8] cor
+--   ARGV[1] now override   ARGV[2] retention ms   ARGV[3] dead-letter retention ms
+--   ARGV[4] dead-letter cap (count)
+local K = {jobs = KEYS[1], st = KEYS[2], sched = KEYS[3], fkey = KEYS[4], done = KEYS[5],
+  dlq = KEYS[6], stats = KEYS[7], cor = KEYS[8]}
+local RETENTION_MS, DLQ_RETENTION_MS, DLQ_MAX = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local LIVE = {scheduled = true, queued = true, waiting = true}
+local FINAL = {sent = true, failed = true, cancelled = true, expired = true}
+local function I(x) return string.format('%d', x) end
+
+-- status records written before the field names were spelled out (one-letter names) still load
+local OLD_NAMES = {s = 'state', a = 'attempts', rc = 'rate_class', c = 'created_ms', u = 'updated_ms',
+  r = 'lane', d = 'due_ms', k = 'key', cor = 'cancel_on_reply', e = 'error', m = 'message_id',
+  sent = 'sent_ms', n = 'next_attempt_ms', h = 'holder', ts = 'sending_since_ms', p = 'promoted_ms',
+  dead = 'dead_lettered', replayed = 'replays'}
+
+local function st_get(id)
+  local raw = redis.call('HGET', K.st, id)
+  if not raw then return nil end
+  local st = cjson.decode(raw)
+  if st.s ~= nil and st.state == nil then
+    local named = {}
+    for k, v in pairs(st) do named[OLD_NAMES[k] or k] = v end
+    if named.cancel_on_reply then named.cancel_on_reply = true end
+    if named.dead_lettered then named.dead_lettered = true end
+    st = named
+  end
+  return st
+end
+
+local function st_put(id, st) redis.call('HSET', K.st, id, cjson.encode(st)) end
+
+-- the ids of the unit (a sequence) a job belongs to: '<group>-00', '<group>-01', ...; a lone job is
+-- its own unit
+local function members(id, st)
+  local n = tonumber(st.group_size or 1)
+  if n <= 1 or not st.group then return {id} end
+  local out = {}
+  for i = 0, n - 1 do out[#out + 1] = st.group .. string.format('-%02d', i) end
+  return out
+end
+
+local function cor_member(st, id) return (st.lane or '') .. '|' .. id end
+
+-- a follow-up key stays bound to its unit until every job of the unit has ended
+local function release_key(id, st)
+  if not st.key then return end
+  local unit = members(id, st)
+  if redis.call('HGET', K.fkey, st.key) ~= unit[1] then return end
+  for _, m in ipairs(unit) do
+    if m ~= id then
+      local o = st_get(m)
+      if o and not FINAL[o.state] then return end
+    end
+  end
+  redis.call('HDEL', K.fkey, st.key)
+end
+
+-- forget ended jobs past their retention: at most `limit` of each index (bounded work per call)
+local function trim_some(now, limit)
+  local n = 0
+  for _, idx in ipairs({{K.done, RETENTION_MS}, {K.dlq, DLQ_RETENTION_MS}}) do
+    local old = redis.call('ZRANGEBYSCORE', idx[1], '-inf', now - idx[2], 'LIMIT', 0, limit)
+    for _, id in ipairs(old) do
+      redis.call('HDEL', K.jobs, id)
+      redis.call('HDEL', K.st, id)
+      redis.call('ZREM', idx[1], id)
+      n = n + 1
+    end
+  end
+  return n
+end
+
+-- enter an end state: the one place that does what an end state implies
+--   sent | failed | cancelled | expired: retention index (or the dead-letter set), off the follow-up
+--   schedule, off the cancel-on-reply index, key released once the unit has ended, counters
+local function finish(id, st, state, err, dead, now)
+  st.state = state; st.updated_ms = now; st.ended_ms = now
+  st.holder = nil; st.next_attempt_ms = nil
+  if err then st.error = err end
+  redis.call('ZREM', K.sched, id)
+  if st.cancel_on_reply then redis.call('ZREM', K.cor, cor_member(st, id)) end
+  if dead then
+    st.dead_lettered = true
+    redis.call('ZADD', K.dlq, now, id)
+    if DLQ_MAX > 0 and redis.call('ZCARD', K.dlq) > DLQ_MAX then
+      local oldest = redis.call('ZPOPMIN', K.dlq)
+      if oldest[1] and oldest[1] ~= id then
+        redis.call('HDEL', K.jobs, oldest[1]); redis.call('HDEL', K.st, oldest[1])
+        redis.call('HINCRBY', K.stats, 'dead_letters_dropped', 1)
+      end
+    end
+  else
+    redis.call('ZADD', K.done, now, id)
+  end
+  redis.call('HINCRBY', K.stats, state, 1)
+  if err and err.kind and (state == 'failed' or state == 'expired') then
+    redis.call('HINCRBY', K.stats, 'reason:' .. err.kind, 1)
+  end
+  st_put(id, st)
+  release_key(id, st)
+  trim_some(now, 2)  -- every ending pays for up to two old ones: trimming keeps up with any send rate
+end
+
+-- cancel every job of `id`'s unit that has not been sent: {count, state of the first job not
+-- cancelled ('' when all were)}
+local function cancel_unit(id, kind, message, now)
+  local st = st_get(id)
+  if not st then return 0, 'notfound' end
+  local n, other = 0, ''
+  for _, m in ipairs(members(id, st)) do
+    local o = (m == id) and st or st_get(m)
+    if o and LIVE[o.state] then
+      finish(m, o, 'cancelled', {kind = kind, message = message}, false, now)
+      n = n + 1
+    elseif o and other == '' then
+      other = o.state
+    end
+  end
+  return n, other
+end
+
+-- the expiry of a job that becomes due at `due`: its own ttl or expires_at, else the maximum age
+local function expiry(due, ttl_ms, expires_at_ms, max_age_ms)
+  if expires_at_ms then return expires_at_ms end
+  return due + (ttl_ms or max_age_ms)
+end
+
+local function expired(st, now)
+  return st.expires_at_ms ~= nil and now > tonumber(st.expires_at_ms)
+end
