@@ -40,7 +40,9 @@ def store(lsettings: Settings, rdb) -> LaneStore:
 @pytest.fixture
 def outbox(lsettings: Settings, rdb) -> tuple[Outbox, list]:
     published: list = []
-    ob = Outbox(settings=lsettings, client=rdb, publish=lambda a, r: published.append((a, r)), clock=lambda: T0)
+    ob = Outbox(
+        settings=lsettings, client=rdb, publish=lambda a, r: published.append((a, r)), clock=lambda: T0
+    )
     return ob, published
 
 
