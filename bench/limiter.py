@@ -67,8 +67,8 @@ def _decisions(g: Group, account: str) -> list[float]:
     out = []
     for raw in g.r.hvals(Keys(g.prefix).account(account).status):
         st = json.loads(raw)
-        if st.get("s") == "sent" and "ts" in st:
-            out.append(float(st["ts"]))
+        if st.get("state") == "sent" and "sending_since_ms" in st:
+            out.append(float(st["sending_since_ms"]))
     return out
 
 

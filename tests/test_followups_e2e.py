@@ -66,7 +66,7 @@ def test_10000_followups_two_schedulers_and_kills(settings, sandbox, rdb):
         # ... while a worker and a scheduler are killed and restarted mid-run
         time.sleep(max(0, base + 10 - time.time()))
         g.kill("w1")
-        in_flight = sum(1 for v in rdb.hvals(store.acct(ACCOUNT).status) if '"s":"sending"' in v)
+        in_flight = sum(1 for v in rdb.hvals(store.acct(ACCOUNT).status) if '"state":"sending"' in v)
         g.start_worker("w1", concurrency=16)
         time.sleep(5)
         g.kill("s1")

@@ -36,6 +36,7 @@ def _amqp_publisher(queue: str):
     )
 
 
+@pytest.mark.slow
 def test_rabbitmq_broker_delivers_in_order_through_a_worker_kill(settings, sandbox, rdb):
     # Given 2 workers consuming from RabbitMQ, state in Redis
     s = settings.with_overrides(broker_url=AMQP_URL)
@@ -52,7 +53,7 @@ def test_rabbitmq_broker_delivers_in_order_through_a_worker_kill(settings, sandb
         ob.send_many(items[:150])
         assert wait_until(lambda: len(sandbox.sends(ACCOUNT)) >= 30, 30), g.log_tail("r1")
         g.kill("r2")
-        in_flight = sum(1 for v in rdb.hvals(f"{s.key_prefix}:{{{ACCOUNT}}}:st") if '"s":"sending"' in v)
+        in_flight = sum(1 for v in rdb.hvals(f"{s.key_prefix}:{{{ACCOUNT}}}:st") if '"state":"sending"' in v)
         ob.send_many(items[150:])
         g.start_worker("r2", concurrency=8)
         assert wait_until(lambda: len(sandbox.sends(ACCOUNT)) >= 300, 60), g.log_tail("r1")

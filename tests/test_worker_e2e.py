@@ -104,7 +104,7 @@ def test_2000_jobs_3_workers_faults_and_sigkill_lose_nothing_and_keep_order(sett
             victim = "w2" if start == 600 else "w3"
             g.kill(victim)
             sts = rdb.hvals(f"{s.key_prefix}:{{{ACCOUNT}}}:st")
-            in_flight_at_kills += sum(1 for v in sts if '"s":"sending"' in v)
+            in_flight_at_kills += sum(1 for v in sts if '"state":"sending"' in v)
             g.start_worker(victim, concurrency=8)
     ids = [j.id for j in jobs]
 

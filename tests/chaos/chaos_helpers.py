@@ -32,7 +32,7 @@ from dmworker.outbox import Outbox
 from dmworker.settings import Settings
 from dmworker.testing import Accounting, max_in_window  # noqa: F401 - max_in_window re-exported for the scenarios
 
-FINAL_STATES = ("sent", "failed", "cancelled")
+FINAL_STATES = ("sent", "failed", "cancelled", "expired")
 
 
 # --------------------------------------------------------------------------- own redis-server
@@ -307,7 +307,7 @@ def states(
 def all_final(rdb: redis.Redis, settings: Settings, account: str, ids: Iterable[str]) -> bool:
     ids = list(ids)
     sts = states(rdb, settings, account, ids)
-    return len(sts) == len(ids) and all(st["s"] in FINAL_STATES for st in sts.values())
+    return len(sts) == len(ids) and all(st["state"] in FINAL_STATES for st in sts.values())
 
 
 def pending_summary(rdb: redis.Redis, settings: Settings, account: str, ids: Iterable[str]) -> str:
@@ -315,7 +315,7 @@ def pending_summary(rdb: redis.Redis, settings: Settings, account: str, ids: Ite
     sts = states(rdb, settings, account, ids)
     counts: dict[str, int] = {}
     for jid in ids:
-        s = sts[jid]["s"] if jid in sts else "MISSING"
+        s = sts[jid]["state"] if jid in sts else "MISSING"
         counts[s] = counts.get(s, 0) + 1
     return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
 
@@ -325,7 +325,7 @@ def sending_ids(rdb: redis.Redis, settings: Settings, account: str) -> set[str]:
     key = Keys(settings.key_prefix).account(account).status
     out = set()
     for jid, raw in rdb.hscan_iter(key, count=1000):
-        if '"s":"sending"' in raw:
+        if '"state":"sending"' in raw:
             out.add(jid)
     return out
 
