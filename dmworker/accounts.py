@@ -19,8 +19,10 @@ Records live in the registry (:mod:`dmworker.registry`), tokens encrypted under
 accounts file) are listed too and can be disabled and enabled, but not changed or removed here.
 
 Disabling writes the account pause (reason ``disabled``, until ten years ahead), which every lane
-step already honours: queued jobs wait, nothing is sent, nothing is dead-lettered. ``set_token``
-and ``enable`` wake the account's waiting lanes, so held jobs go out at once, in order.
+step already honours: queued jobs wait, nothing is sent, nothing is dead-lettered; ``enable`` lifts
+it and wakes the parked lanes. After ``set_token`` of an account held for a refused token
+(``reauth_required``), each worker resumes it once it holds the new token (within
+``DMWORKER_ACCOUNTS_REFRESH_S``): the held jobs go out in order, with the new token.
 """
 
 from __future__ import annotations
@@ -169,7 +171,6 @@ class Accounts:
             return cur.with_(updated_s=now, **fields)
 
         self.registry.update(account_id, change, self._refresh_due)
-        self._wake_lanes(account_id)
         log.info("account %s: token replaced (%s -> %s)", account_id, old[0], fields["fp"])
         return self.get(account_id)
 
@@ -210,12 +211,8 @@ class Accounts:
         if jobs == "keep":
             self._hold(account_id, "removed", "account removed; its jobs are kept until it is added again")
         else:
-            from .lanes import LaneStore
-
-            end = getattr(LaneStore(self.settings, self.redis), "end_account_jobs", None)
-            if end is None:
-                raise AccountError("ending an account's jobs is not available here yet: use jobs='keep'")
-            ended = int(end(account_id, "failed" if jobs == "fail" else "cancelled", "account_removed"))
+            state = "failed" if jobs == "fail" else "cancelled"
+            ended = self._store().end_account_jobs(account_id, state, "the account was removed")
         self.registry.update(account_id, lambda cur: None)
         log.info("account %s removed (jobs: %s, %d ended)", account_id, jobs, ended)
         return {"account": account_id, "jobs": jobs, "ended": ended}
@@ -335,17 +332,14 @@ class Accounts:
         self._wake_lanes(account_id)
         return True
 
+    def _store(self) -> Any:
+        from .lanes import LaneStore
+
+        return LaneStore(self.settings, self.redis)
+
     def _wake_lanes(self, account_id: str) -> int:
-        """Make every waiting lane of the account due now (``ZADD XX LT``: never delays one)."""
-        k = self.keys.account(account_id)
-        lanes = self.redis.zrange(k.ready, 0, -1)
-        if not lanes:
-            return 0
-        sec, usec = self.redis.time()
-        now_ms = int(sec) * 1000 + int(usec) // 1000
-        for start in range(0, len(lanes), 1000):
-            self.redis.zadd(k.ready, {r: now_ms for r in lanes[start : start + 1000]}, xx=True, lt=True)
-        return len(lanes)
+        """Wake the account's lanes parked behind a pause that was just lifted (in batches)."""
+        return int(self._store().resume(account_id, mode="wake")[1])
 
 
 def _epoch(value: datetime | float | None, name: str) -> float | None:
@@ -384,6 +378,8 @@ def _check_fields(
         raise AccountError("a facebook login needs page_id, the linked Page's numeric id")
     if login == "instagram" and page_id is not None:
         raise AccountError("page_id applies to facebook logins only")
+    if rates is not None and not isinstance(rates, Mapping):
+        raise AccountError('rates must be an object of class -> rate, e.g. {"text": "100/s"}')
     out_rates = {}
     for k, v in (rates or {}).items():
         if k not in RATE_CLASSES:

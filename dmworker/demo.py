@@ -45,17 +45,31 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run_demo(users: int = 300, workers: int = 2, progress: bool = True) -> int:
-    """Run the demo; returns the process exit code (0 = everything delivered as expected)."""
+    """Run the demo; returns the process exit code (0 = everything delivered as expected).
+
+    Without ``DMWORKER_REDIS_URL`` it uses the embedded Redis, and stops it at the end if the demo
+    started it.
+    """
+    t_start = time.monotonic()
+    base = Settings.from_env()
+    print("dmworker demo: starting Redis, the Graph API sandbox and", workers, "workers ...", flush=True)
+    # the demo stops at its end the embedded Redis it started (not one that was running before)
+    started_embedded = base.redis_url is None and redisconn.embedded_status(base.data_dir) is None
+    try:
+        url = redisconn.redis_url(base)
+        return _run(base, url, users, workers, progress, t_start)
+    finally:
+        if started_embedded and redisconn.stop_embedded(base.data_dir):
+            print(f"dmworker demo: stopped the embedded Redis it had started ({base.data_dir})")
+
+
+def _run(base: Settings, url: str, users: int, workers: int, progress: bool, t_start: float) -> int:
     from .sandbox import SandboxProcess
     from .web import create_app
 
-    t_start = time.monotonic()
-    base = Settings.from_env()
     token = "IGAAdemo" + uuid.uuid4().hex
     secret = uuid.uuid4().hex
     prefix = f"dmwdemo{uuid.uuid4().hex[:6]}"
-    print("dmworker demo: starting Redis, the Graph API sandbox and", workers, "workers ...", flush=True)
-    url = redisconn.redis_url(base)
     sandbox = SandboxProcess(tokens={token: DEMO_ACCOUNT}).start()
     settings = base.with_overrides(
         redis_url=url,

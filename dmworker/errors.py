@@ -8,14 +8,19 @@
      ├── RedisUnavailableError  Redis could not be reached; nothing was written
      ├── JobNotFoundError       no job with that id (or its retention has passed)
      └── ConfigError            (from :mod:`dmworker.settings`) a bad setting, named
+
+This module imports nothing from the rest of the package at import time (``ConfigError`` is
+looked up on first access), so :mod:`dmworker.settings` can derive its ``ConfigError`` from
+:class:`DmworkerError` without an import cycle.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .settings import ConfigError
+if TYPE_CHECKING:
+    from .settings import ConfigError
 
 
 class DmworkerError(Exception):
@@ -54,6 +59,14 @@ class JobNotFoundError(DmworkerError, KeyError):
 
     def __str__(self) -> str:
         return f"no such job: {self.args[0]!r}"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ConfigError":  # re-exported lazily: settings.py may import this module
+        from .settings import ConfigError
+
+        return ConfigError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -1,17 +1,24 @@
 """Shared fixtures: a real Redis (own key prefix, never flushed) and a real Graph API sandbox.
 
-Redis: ``DMWORKER_TEST_REDIS_URL`` if set; else ``redis://127.0.0.1:6379/15`` when a server
-answers there; else the embedded Redis (started under a temporary data directory).  Every test
-gets its own key prefix and deletes only keys under it.
+Redis: the embedded Redis (``dmworker.redisconn.ensure_embedded``) under a temporary directory,
+started on first use and stopped when the session ends; or ``DMWORKER_TEST_REDIS_URL`` when given,
+after checking that its DB is empty or holds only keys an earlier run of these tests left (the
+test prefixes ``dmwt…``, ``dmwp…``, ``dmws…``): a DB with anything else is refused, so the tests
+never write next to someone's data.  Every test gets its own key prefix and deletes only keys
+under it.  Worker processes started by tests get the URL through their settings (a unix socket
+URL for the embedded Redis).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -23,26 +30,69 @@ TOKEN = "IGAAtest-token-secret-value-0001"
 ACCOUNT2 = "17841400000000002"
 TOKEN2 = "IGAAtest-token-secret-value-0002"
 
+TEST_REDIS_ENV = "DMWORKER_TEST_REDIS_URL"
+#: keys these tests write: ``<prefix>:...`` with a random test prefix (key_prefix fixture: dmwt +
+#: 10 hex; test_lane_properties: dmwp / dmws + 8 hex)
+TEST_KEY = re.compile(r"^dmw[tps][0-9a-f]{8,10}:")
 
-def _find_redis_url() -> str:
-    url = os.environ.get("DMWORKER_TEST_REDIS_URL")
-    if url:
+
+def _hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
         return url
-    candidate = "redis://127.0.0.1:6379/15"
-    try:
-        if redis.Redis.from_url(candidate, socket_connect_timeout=0.5).ping():
-            return candidate
-    except redis.RedisError:
-        pass
-    from dmworker.redisconn import ensure_embedded
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
-    data_dir = os.environ.get("DMWORKER_TEST_DATA_DIR") or tempfile.mkdtemp(prefix="dmw-test-")
-    return "unix://" + str(ensure_embedded(data_dir))
+
+def foreign_keys(r: redis.Redis, sample: int = 3) -> tuple[int, list[str]]:
+    """How many keys of ``r``'s DB are not test keys, and a few of their names."""
+    count, names = 0, []
+    for key in r.scan_iter(count=1000):
+        name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+        if not TEST_KEY.match(name):
+            count += 1
+            if len(names) < sample:
+                names.append(name)
+    return count, names
+
+
+def check_test_redis(url: str) -> str | None:
+    """Why the DB at ``url`` must not be used by the tests, or None when it may be."""
+    shown = _hide_password(url)
+    r = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        count, names = foreign_keys(r)
+    except redis.RedisError as e:
+        return f"{TEST_REDIS_ENV}={shown}: cannot reach it ({type(e).__name__}: {e})"
+    finally:
+        r.close()
+    if count:
+        return (
+            f"{TEST_REDIS_ENV}={shown} holds {count} key(s) these tests did not write "
+            f"(e.g. {', '.join(map(repr, names))}); the tests write into that DB, so they refuse to run "
+            "there: give an empty DB, or unset it to use an embedded Redis"
+        )
+    return None
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    return _find_redis_url()
+def redis_url() -> Iterator[str]:
+    """``DMWORKER_TEST_REDIS_URL`` (checked), else an embedded Redis stopped at the end."""
+    given = os.environ.get(TEST_REDIS_ENV)
+    if given:
+        refusal = check_test_redis(given)
+        if refusal:
+            pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
+        yield given
+        return
+    from dmworker.redisconn import ensure_embedded, stop_embedded
+
+    data_dir = tempfile.mkdtemp(prefix="dmw-test-")
+    try:
+        yield "unix://" + str(ensure_embedded(data_dir))
+    finally:
+        stop_embedded(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

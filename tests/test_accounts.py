@@ -230,3 +230,65 @@ def assert_no_token_in_redis(rdb, prefix: str, tokens: list[str]) -> None:
         blob = key + "\n" + "\n".join(str(v) for v in values if v is not None)
         for tok in tokens:
             assert tok not in blob, f"a token in clear in {key}"
+
+
+def test_remove_can_cancel_or_fail_the_accounts_queued_jobs(accounts, rsettings, rdb):
+    accounts.add(NEW, TOK_A)
+    accounts.add(FB, PAGE_TOK, login="facebook", page_id=PAGE)
+    assert _seen(rsettings, NEW) and _seen(rsettings, FB)
+    ob = Outbox(settings=rsettings, client=rdb, publish=lambda a, r: None)
+    cancelled = [ob.send_text("5001", f"c{i}", account=NEW) for i in range(3)]
+    failed = [ob.send_text("5002", f"f{i}", account=FB) for i in range(2)]
+    assert accounts.remove(NEW, jobs="cancel") == {"account": NEW, "jobs": "cancel", "ended": 3}
+    assert accounts.remove(FB, jobs="fail")["ended"] == 2
+    assert {ob.status(j.id).state for j in cancelled} == {"cancelled"}
+    assert {ob.status(j.id).state for j in failed} == {"failed"}
+    with pytest.raises(AccountError, match="jobs must be"):
+        accounts.remove(ACCOUNT, jobs="drop")
+    # and new sends for them are refused
+    assert _seen(rsettings, NEW, present=False)
+    with pytest.raises(ValidationError, match="not registered"):
+        ob.send_text("5001", "again", account=NEW)
+
+
+def test_log_lines_never_show_a_registry_token(accounts, rsettings):
+    import io
+    import logging
+
+    from dmworker.logs import setup_logging
+
+    stream = io.StringIO()
+    handler = setup_logging(rsettings, stream)
+    try:
+        accounts.add(NEW, TOK_A)
+        assert _seen(rsettings, NEW)
+        logging.getLogger("dmworker.test").warning("calling with %s and %s", TOK_A, "plain words here")
+        accounts.set_token(NEW, "Zk9new0token0without0any0known0shape")
+        deadline = time.monotonic() + 2
+        while "Zk9new0token0without0any0known0shape" not in rsettings.accounts.secrets():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        logging.getLogger("dmworker.test").warning("now Zk9new0token0without0any0known0shape!")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    out = stream.getvalue()
+    assert TOK_A not in out and "Zk9new0token0without0any0known0shape" not in out
+    assert out.count("[redacted]") == 2 and "plain words here" in out
+
+
+def test_the_webhook_accepts_any_of_several_app_secrets():
+    import hashlib
+    import hmac
+
+    from dmworker.web.webhook import signature_ok
+
+    body = b'{"object":"instagram","entry":[]}'
+
+    def sign(secret: str) -> str:
+        return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+    secrets = "app-one-secret, app-two-secret"
+    assert signature_ok(secrets, body, sign("app-one-secret"))
+    assert signature_ok(secrets, body, sign("app-two-secret"))
+    assert not signature_ok(secrets, body, sign("app-three-secret"))
+    assert not signature_ok(secrets, body + b" ", sign("app-two-secret"))

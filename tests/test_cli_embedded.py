@@ -12,7 +12,7 @@ import redis
 from conftest import ACCOUNT
 
 from dmworker.cli import COMMANDS, build_parser
-from dmworker.redisconn import ensure_embedded, stop_embedded
+from dmworker.redisconn import embedded_status, ensure_embedded, stop_embedded
 from dmworker.testing import settings_to_env
 
 
@@ -27,7 +27,7 @@ def test_every_command_has_help():
     assert set(COMMANDS) == set(sub.choices)
     for cmd in COMMANDS:
         out = _cli(dict(os.environ), cmd, "--help")
-        assert out.returncode == 0 and "usage:" in out.stdout, (cmd, out.stderr)
+        assert out.returncode == 0 and "usage:" in out.stdout.lower(), (cmd, out.stderr)
 
 
 def test_send_status_cancel_dlq_accounts_from_the_command_line(settings, tmp_path):
@@ -68,7 +68,10 @@ def test_embedded_redis_is_shared_and_persistent(tmp_path):
             timeout=60,
         )
         assert a.returncode == 0, a.stderr
-        assert "using the embedded Redis" in a.stderr  # one line says so and how to use a real one
+        # one line says so, where it is and how to stop it (or use a real one)
+        started = [line for line in a.stderr.splitlines() if "using the embedded Redis" in line]
+        assert len(started) == 1 and data in started[0] and "dmworker embedded stop" in started[0]
+        assert "DMWORKER_REDIS_URL" in started[0]
         # Then the next process reuses it (same socket, sees the data) without starting another
         b = subprocess.run(
             [sys.executable, "-c", code.format("print(c.get('dmwembed:k'))")],
@@ -92,8 +95,6 @@ def test_embedded_redis_is_shared_and_persistent(tmp_path):
 
 
 def test_with_a_url_nothing_embedded_starts(tmp_path, redis_url):
-    if redis_url.startswith("unix://"):
-        pytest.skip("this run itself uses the embedded Redis")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMWORKER_")}
     env.update(DMWORKER_DATA_DIR=str(tmp_path / "d"), DMWORKER_REDIS_URL=redis_url)
     out = subprocess.run(
@@ -141,3 +142,59 @@ def test_bulk_from_a_json_lines_file_shows_progress(settings, tmp_path, rdb):
     f.write_text(json.dumps({"kind": "text", "recipient": "5579999", "text": ""}))
     bad = _cli(env, "bulk", str(f))
     assert bad.returncode == 2 and "0.text" in bad.stderr
+
+
+def test_embedded_status_and_stop_from_the_command_line(tmp_path):
+    data = str(tmp_path / "data")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMWORKER_")}
+    env["DMWORKER_DATA_DIR"] = data
+    try:
+        # Given none running: status says so (exit 3) and starts nothing
+        out = _cli(env, "embedded", "status")
+        assert out.returncode == 3 and "not running" in out.stdout and not (tmp_path / "data").exists()
+        # When a dmworker process starts it, status names its pid and socket
+        sock = ensure_embedded(data)
+        state = embedded_status(data)
+        assert state is not None
+        out = _cli(env, "embedded", "status")
+        assert out.returncode == 0 and f"pid {state.pid}" in out.stdout and str(sock) in out.stdout
+        # Then `embedded stop` stops it (the process is gone when the command returns)
+        out = _cli(env, "embedded", "stop")
+        assert out.returncode == 0 and f"stopped the embedded Redis (pid {state.pid})" in out.stdout
+        assert embedded_status(data) is None
+        assert _gone(state.pid)
+        assert _cli(env, "embedded", "status").returncode == 3
+        assert "not running" in _cli(env, "embedded", "stop").stdout
+    finally:
+        stop_embedded(data)
+
+
+@pytest.mark.slow
+def test_the_demo_stops_the_embedded_redis_it_started_and_only_that(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMWORKER_")}
+    demo = ("demo", "--users", "5", "--workers", "1", "--no-progress")
+    try:
+        # Given no embedded Redis running: the demo starts one and stops it at its end
+        env["DMWORKER_DATA_DIR"] = data = str(tmp_path / "a")
+        out = _cli(env, *demo)
+        assert "Totals:" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]  # it ran to its end
+        assert "stopped the embedded Redis" in out.stdout and embedded_status(data) is None
+        # Given one running already (another dmworker process uses it): the demo leaves it running
+        env["DMWORKER_DATA_DIR"] = data = str(tmp_path / "b")
+        ensure_embedded(data)
+        out = _cli(env, *demo)
+        assert "Totals:" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+        assert "stopped the embedded Redis" not in out.stdout and embedded_status(data) is not None
+    finally:
+        stop_embedded(str(tmp_path / "a"))
+        stop_embedded(str(tmp_path / "b"))
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its reaper counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"

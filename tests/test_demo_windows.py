@@ -17,6 +17,7 @@ from dmworker.redisconn import stop_embedded
 HOUR_MS = 3_600_000
 
 
+@pytest.mark.slow
 def test_demo_exits_0_in_under_a_minute_on_the_embedded_redis(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMWORKER_")}
     env["DMWORKER_DATA_DIR"] = str(tmp_path / "data")  # no DMWORKER_REDIS_URL: embedded Redis

@@ -1,6 +1,10 @@
 """The producer HTTP API under ``/v1`` (bearer auth, see :mod:`.auth`): the Outbox and the operator
 views over HTTP.  A job is ``{"kind": ..., "recipient": ..., <the kind's arguments>, [account,
 delay, at, key, replace, cancel_on_reply, idempotency_key]}``; ``kind: "sequence"`` takes ``steps``.
+
+Every route honours the token's role and accounts (:mod:`.scoping`): another account's job is a
+404, a request naming an account outside the scope (or needing another role) a 403. Accounts and
+API tokens are managed in :mod:`.api_accounts` (routes on this blueprint).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from ..errors import JobNotFoundError, ValidationError, WindowClosedError
 from ..keys import account_of_job
 from ..outbox import OPTIONS, Job
 from ..schemas import recipient_error
-from .auth import require_bearer
+from .auth import current_scope, require_bearer
 from .context import ctx, error
+from .scoping import Forbidden, check_send, dead_letters, need_account, need_write, purge_target
 
 bp = flask.Blueprint("api", __name__, url_prefix="/v1")
 bp.before_request(require_bearer)
@@ -38,12 +43,20 @@ def _not_found(e: JobNotFoundError) -> ResponseReturnValue:
     return error(404, "not_found", str(e))
 
 
+@bp.errorhandler(Forbidden)
+def _forbidden(e: Forbidden) -> ResponseReturnValue:
+    return error(403, "forbidden", str(e))
+
+
 def _job_id(raw: str) -> str:
-    """``raw`` if it is shaped like a job id (else a 404, as for an unknown one)."""
+    """``raw`` if it is shaped like a job id of an account the token covers (else a 404, as for an
+    unknown one: a token learns nothing about the jobs of other accounts)."""
     try:
-        account_of_job(raw)
+        account = account_of_job(raw)
     except ValueError:
         raise JobNotFoundError(raw) from None
+    if not current_scope().covers(account):
+        raise JobNotFoundError(raw)
     return raw
 
 
@@ -54,12 +67,14 @@ def _account_arg() -> str | None:
 # ----------------------------------------------------------------------------------- messages
 @bp.post("/messages")
 def post_messages() -> ResponseReturnValue:
+    need_write()
     try:
         body = json.loads(flask.request.get_data())
     except (ValueError, RecursionError):
         return error(400, "bad_request", "the body is not valid JSON")
     header_key = flask.request.headers.get("Idempotency-Key") or None
     outbox = ctx().outbox
+    check_send(body, outbox.account)
     if isinstance(body, list):
         if not body:
             raise ValidationError({"_schema": ["the batch is empty"]})
@@ -113,18 +128,21 @@ def get_job(job_id: str) -> ResponseReturnValue:
 
 @bp.delete("/jobs/<job_id>")
 def delete_job(job_id: str) -> ResponseReturnValue:
+    need_write()
     job_id = _job_id(job_id)
     return _cancel(account_of_job(job_id), job_id=job_id)
 
 
 @bp.delete("/followups")
 def delete_followup() -> ResponseReturnValue:
+    need_write()
     key = flask.request.args.get("key")
     if not key:
         raise ValidationError({"key": ["Missing data for required field."]})
     account = _account_arg() or ctx().outbox.account
     if not account:
         raise ValidationError({"account": ["no account given and no default account configured"]})
+    need_account(account)
     return _cancel(account, key=key)
 
 
@@ -143,7 +161,7 @@ def list_dlq() -> ResponseReturnValue:
     raw = flask.request.args.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_DLQ_LIMIT:
         raise ValidationError({"limit": [f"must be an integer from 1 to {MAX_DLQ_LIMIT}"]})
-    items = ctx().dead_letters.list(_account_arg(), limit=int(raw))
+    items = dead_letters(ctx().dead_letters, _account_arg(), int(raw))
     return flask.jsonify({"dead_letters": [s.to_dict() for s in items]})
 
 
@@ -155,13 +173,15 @@ def show_dlq(job_id: str) -> ResponseReturnValue:
 
 @bp.post("/dlq/<job_id>/replay")
 def replay_dlq(job_id: str) -> ResponseReturnValue:
+    need_write()
     ctx().dead_letters.replay(_job_id(job_id))
     return flask.jsonify({"replayed": True, "id": job_id})
 
 
 @bp.delete("/dlq")
 def purge_dlq() -> ResponseReturnValue:
-    return flask.jsonify({"purged": ctx().dead_letters.purge(_account_arg())})
+    """Purge the dead letters of ``account=<id>``, or of every account with ``all=true`` (admin)."""
+    return flask.jsonify({"purged": ctx().dead_letters.purge(purge_target(_account_arg()))})
 
 
 # ----------------------------------------------------------------------------------- state
@@ -170,11 +190,17 @@ def get_window(igsid: str) -> ResponseReturnValue:
     bad = recipient_error("text", igsid)
     if bad:
         raise ValidationError({"igsid": [bad]})
-    return flask.jsonify(ctx().outbox.window(igsid, account=_account_arg()).to_dict())
+    account = need_account(_account_arg() or ctx().outbox.account)
+    return flask.jsonify(ctx().outbox.window(igsid, account=account).to_dict())
 
 
 @bp.get("/accounts")
 def get_accounts() -> ResponseReturnValue:
-    from ..admin import account_states
+    from .api_accounts import account_list
 
-    return flask.jsonify({"accounts": [a.to_dict() for a in account_states(ctx().store)]})
+    return flask.jsonify({"accounts": account_list()})
+
+
+from . import api_accounts  # noqa: E402  (registers /v1/accounts/<id> and /v1/api-tokens on bp)
+
+__all__ = ["api_accounts", "bp"]

@@ -44,14 +44,24 @@ _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 
 
 def signature_ok(secret: str | None, raw: bytes, header: str | None) -> bool:
-    """Whether ``header`` is ``sha256=<HMAC-SHA256(secret, raw)>`` (constant-time compare)."""
+    """Whether ``header`` is ``sha256=<HMAC-SHA256(s, raw)>`` for one of the app secrets in
+    ``secret`` (``DMWORKER_APP_SECRET``: one or more, comma-separated, one per Meta app).
+
+    Every secret is tried, each compared in constant time, with no early exit: the time taken says
+    nothing about which app (if any) signed the body.
+    """
     if not secret or not header:
         return False
     m = _SIGNATURE.fullmatch(header.strip())
     if m is None:
         return False
-    expected = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, m.group(1).lower())
+    given = m.group(1).lower()
+    ok = False
+    for one in (s.strip() for s in secret.split(",")):
+        if one:
+            expected = hmac.new(one.encode(), raw, hashlib.sha256).hexdigest()
+            ok |= hmac.compare_digest(expected, given)
+    return ok
 
 
 @bp.get("/webhooks/instagram")

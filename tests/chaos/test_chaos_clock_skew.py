@@ -46,6 +46,7 @@ if _skew:
 RATE, BURST = 40, 5
 
 
+@pytest.mark.slow
 @pytest.mark.chaos
 def test_skewed_worker_clocks_keep_the_rate_limit_and_followup_times(
     settings, sandbox, rdb, procs, chaos, tmp_path

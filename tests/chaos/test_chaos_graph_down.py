@@ -30,6 +30,7 @@ from dmworker.settings import parse_rate
 from dmworker.testing import wait_until
 
 
+@pytest.mark.slow
 @pytest.mark.chaos
 def test_graph_api_down_then_slow_retries_resume_in_order(settings, rdb, procs, chaos):
     # Given an own sandbox process (windows not enforced: a restarted sandbox forgets them), 2

@@ -19,6 +19,7 @@ from dmworker.settings import parse_rate
 LOSS_WINDOW_S = 2.0  # everysec: ~1 s, up to 2 s when an fsync is slow (Redis postpones the write)
 
 
+@pytest.mark.slow
 @pytest.mark.chaos
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_redis_restart_keeps_what_was_acknowledged(how, settings, sandbox, own_redis, procs, chaos):

@@ -23,6 +23,7 @@ from dmworker.outbox import Outbox
 from dmworker.settings import parse_rate
 
 
+@pytest.mark.slow
 @pytest.mark.chaos
 @pytest.mark.parametrize("how", ["freeze", "down"])
 def test_redis_unreachable_for_10s_workers_reconnect(how, settings, sandbox, own_redis, procs, chaos):

@@ -27,6 +27,7 @@ from dmworker.settings import parse_rate
 from dmworker.testing import wait_until
 
 
+@pytest.mark.slow
 @pytest.mark.chaos
 def test_sigkill_storm_loses_nothing_and_keeps_order(settings, sandbox, rdb, procs, chaos):
     # Given 3 worker processes, a Graph API answering in ~50 ms (so kills land mid-send) and failing

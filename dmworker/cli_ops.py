@@ -1,0 +1,90 @@
+"""``dmworker`` subcommands an operator reads with: accounts (limits, usage, pauses) and the read
+side of conversations."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from .cli_common import UsageError, add_parser, print_json, when
+
+
+def register(sub: Any) -> None:
+    a = add_parser(sub, "accounts", "per account: limits, usage, pause and why")
+    a.add_argument(
+        "action",
+        nargs="?",
+        choices=("show", "resume"),
+        default="show",
+        help="show them, or resume a paused one",
+    )
+    a.add_argument("account", nargs="?", help="the account to resume")
+    a.add_argument("--json", action="store_true", help="machine-readable (times as epoch ms)")
+    a.set_defaults(handler=accounts)
+
+    cv = add_parser(sub, "conversations", "read side: list conversations, read messages")
+    cv.add_argument("action", choices=("list", "messages"), help="what to read")
+    cv.add_argument("conversation_id", nargs="?", help="the conversation (messages)")
+    cv.add_argument("--account", help="account to read (default: DMWORKER_ACCOUNT_ID)")
+    cv.add_argument("--limit", type=int, default=25, help="most conversations listed")
+    cv.set_defaults(handler=conversations)
+
+
+def describe_account(s: Any, now_ms: float | None = None) -> str:
+    """One line for an :class:`~dmworker.admin.AccountState` (times in UTC and relative to now)."""
+    now = time.time() * 1000 if now_ms is None else now_ms
+    if s.paused_until_ms and s.paused_until_ms > now:
+        pause = f"paused until {when(s.paused_until_ms, now)} ({s.pause_reason})"
+    elif s.paused_until_ms:  # a bad token: paused until the token is replaced
+        pause = f"paused until resumed ({s.pause_reason})"
+    else:
+        pause = "active"
+    limits = ", ".join(f"{k} {v}" for k, v in s.limits.items())
+    usage = f"{s.usage_pct}%" if s.usage_pct is not None else "-"
+    return (
+        f"{s.account}: {pause}; limits {limits} (burst {s.burst}); usage {usage}; slowdown x{s.slowdown:g}; "
+        f"lanes {s.backlog_lanes}; scheduled {s.scheduled}; dead letters {s.dead_letters}"
+    )
+
+
+def accounts(ns: argparse.Namespace) -> int:
+    from .admin import account_states, resume_account
+    from .runtime import get_runtime
+
+    store = get_runtime().store
+    if ns.action == "resume":
+        if not ns.account:
+            raise UsageError("accounts resume takes an account id")
+        print("resumed" if resume_account(store, ns.account) else "not paused")
+        return 0
+    states = account_states(store)
+    if ns.json:
+        print_json([s.to_dict() for s in states])
+        return 0
+    for s in states:
+        print(describe_account(s))
+    return 0
+
+
+def conversations(ns: argparse.Namespace) -> int:
+    from .graph import InstagramClient
+    from .runtime import get_runtime
+
+    if ns.action == "messages" and not ns.conversation_id:
+        raise UsageError("conversations messages takes a conversation id (`conversations list` shows them)")
+    settings = get_runtime().settings
+    conf = settings.account(ns.account)
+    with InstagramClient(
+        conf.access_token, base_url=settings.graph_url_for(conf.account_id), account_id=conf.account_id
+    ) as client:
+        if ns.action == "list":
+            for i, conv in enumerate(client.conversations.list(limit=min(ns.limit, 100))):
+                if i >= ns.limit:
+                    break
+                print(f"{conv.id}\t{conv.updated_time}")
+        else:
+            for m in client.conversations.get_messages(ns.conversation_id):
+                print(json.dumps(getattr(m, "__dict__", m), default=str))
+    return 0

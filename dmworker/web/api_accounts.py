@@ -1,0 +1,166 @@
+"""``/v1/accounts`` and ``/v1/api-tokens``: accounts and API tokens over HTTP (routes on the
+``/v1`` blueprint of :mod:`.api`).
+
+==========================================  ========================================  ============
+``GET /v1/accounts``                        state, limits, pause, backlog, token        any (own
+                                            fingerprint/expiry, refresh of each          accounts)
+``GET /v1/accounts/<id>``                   one account                                 any (own)
+``PUT /v1/accounts/<id>``                   add or replace (JSON body, below)           admin
+``DELETE /v1/accounts/<id>?jobs=keep|fail|cancel``  remove; what becomes of its jobs    admin
+``GET|POST /v1/api-tokens``, ``DELETE /v1/api-tokens/<name>``  registry API tokens      admin
+==========================================  ========================================  ============
+
+PUT body: ``{"access_token", "login", "page_id", "token_expires_at", "token_issued_at" (epoch s),
+"rates", "burst", "graph_url", "callback_url", "disabled"}``; ``access_token`` may be left out when
+replacing (the stored token is kept). No answer ever carries a token: only its fingerprint
+(``POST /v1/api-tokens`` answers the new API token once, by design).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import flask
+from flask.typing import ResponseReturnValue
+
+from ..accounts import Accounts
+from ..apitokens import ApiTokens
+from ..errors import ValidationError
+from ..registry import AccountError, AccountNotFoundError
+from ..settings import ConfigError
+from .api import bp
+from .auth import current_scope
+from .context import ctx, error
+from .scoping import need_admin
+
+PUT_FIELDS = (
+    "access_token",
+    "login",
+    "page_id",
+    "token_expires_at",
+    "token_issued_at",
+    "rates",
+    "burst",
+    "graph_url",
+    "callback_url",
+    "disabled",
+)
+
+
+def _accounts() -> Accounts:
+    web = ctx()
+    return Accounts(web.settings, web.redis)
+
+
+@bp.errorhandler(AccountNotFoundError)
+def _no_account(e: AccountNotFoundError) -> ResponseReturnValue:
+    return error(404, "not_found", str(e))
+
+
+@bp.errorhandler(AccountError)
+def _bad_account(e: AccountError) -> ResponseReturnValue:
+    return error(422, "validation", str(e))
+
+
+@bp.errorhandler(ConfigError)
+def _not_configured(e: ConfigError) -> ResponseReturnValue:
+    return error(503, "not_configured", str(e))
+
+
+def account_list() -> list[dict[str, Any]]:
+    """``GET /v1/accounts``: the operator view of each account in scope, with its registry state."""
+    from ..admin import account_states
+
+    scope = current_scope()
+    infos = {i.account: i for i in _accounts().list()}
+    out = []
+    for state in account_states(ctx().store):
+        if not scope.covers(state.account):
+            continue
+        row = state.to_dict()
+        info = infos.get(state.account)
+        if info is not None:
+            row.update(
+                state=info.state,
+                source=info.source,
+                login=info.login,
+                token_fingerprint=info.token_fingerprint,
+                token_expires_at=info.token_expires_at,
+                refresh=info.refresh,
+            )
+        out.append(row)
+    return out
+
+
+@bp.get("/accounts/<account>")
+def get_account(account: str) -> ResponseReturnValue:
+    if not current_scope().covers(account):
+        raise AccountNotFoundError(f"no account {account}")
+    return flask.jsonify(_accounts().get(account).to_dict())
+
+
+@bp.put("/accounts/<account>")
+def put_account(account: str) -> ResponseReturnValue:
+    need_admin()
+    try:
+        body = json.loads(flask.request.get_data())
+    except (ValueError, RecursionError):
+        return error(400, "bad_request", "the body is not valid JSON")
+    if not isinstance(body, dict):
+        return error(400, "bad_request", "the body must be a JSON object")
+    unknown = sorted(set(body) - set(PUT_FIELDS))
+    if unknown:
+        raise ValidationError({name: ["Unknown field."] for name in unknown})
+    accounts = _accounts()
+    existed = accounts.registry.exists(account)
+    disabled = body.pop("disabled", None)
+    info = accounts.add(
+        account,
+        body.pop("access_token", None),
+        login=body.pop("login", "instagram"),
+        replace=True,
+        **body,
+    )
+    if disabled is True:
+        info = accounts.disable(account)
+    elif disabled is False:
+        info = accounts.enable(account)
+    return flask.jsonify(info.to_dict()), 200 if existed else 201
+
+
+@bp.delete("/accounts/<account>")
+def delete_account(account: str) -> ResponseReturnValue:
+    need_admin()
+    jobs = flask.request.args.get("jobs")
+    if jobs is None:
+        raise ValidationError({"jobs": ["say what happens to its queued jobs: keep, fail or cancel"]})
+    return flask.jsonify(_accounts().remove(account, jobs=jobs))
+
+
+@bp.get("/api-tokens")
+def list_api_tokens() -> ResponseReturnValue:
+    need_admin()
+    return flask.jsonify({"api_tokens": ApiTokens(ctx().settings, ctx().redis).list()})
+
+
+@bp.post("/api-tokens")
+def create_api_token() -> ResponseReturnValue:
+    need_admin()
+    try:
+        body = json.loads(flask.request.get_data())
+    except (ValueError, RecursionError):
+        return error(400, "bad_request", "the body is not valid JSON")
+    if not isinstance(body, dict):
+        return error(400, "bad_request", "the body must be a JSON object")
+    name, role, accounts = body.get("name"), body.get("role"), body.get("accounts")
+    token = ApiTokens(ctx().settings, ctx().redis).create(str(name or ""), str(role or ""), accounts)
+    return flask.jsonify({"name": name, "role": role, "accounts": accounts, "token": token}), 201
+
+
+@bp.delete("/api-tokens/<name>")
+def delete_api_token(name: str) -> ResponseReturnValue:
+    need_admin()
+    if not ApiTokens(ctx().settings, ctx().redis).remove(name):
+        return error(404, "not_found", f"no API token named {name!r}")
+    return flask.jsonify({"removed": name})
