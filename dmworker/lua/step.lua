@@ -100,8 +100,9 @@ if prev ~= '' then
       st_put(prev, st)
     elseif o.o == 'reauth' then
       -- Meta refused the token: hold the account (nothing is dead-lettered), refund the attempt
-      if not (pause.reason == 'token_invalid' and pause.token_fp == o.fp) then
-        set_pause(now_ms + PARK_MS, 'token_invalid', 0, o.fp, o.err and o.err.message)
+      local fp = (o.fp and o.fp ~= '') and o.fp or ARGV[12]  -- the token that was refused
+      if not (pause.reason == 'token_invalid' and pause.token_fp == fp) then
+        set_pause(now_ms + PARK_MS, 'token_invalid', 0, fp, o.err and o.err.message)
       end
       st.state = 'waiting'; st.attempts = math.max(0, (st.attempts or 1) - 1); st.next_attempt_ms = nil
       redis.call('HINCRBY', K.stats, 'token_refused', 1)
