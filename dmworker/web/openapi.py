@@ -19,29 +19,90 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask.typing import ResponseReturnValue
 
 from .. import __version__
-from ..schemas import KINDS, MAX_STEPS, SCHEMAS
+from ..due import MAX_SPAN_S
+from ..schemas import KINDS, MAX_STEPS, REACTIONS, SCHEMAS
+from ..schemas.kinds import MAX_EMOJI_CHARS
+from ..schemas.send import _COMMENT_ID as COMMENT_ID_RE
+from ..schemas.send import _IGSID as IGSID_RE
+from .api import MAX_DLQ_LIMIT
 from .health import HEARTBEAT_MAX_AGE_MS, READY_TIMEOUT_S
 
 bp = flask.Blueprint("openapi", __name__)
 
-_OPTIONS: dict[str, Any] = {
-    "account": {"type": "string", "description": "Sending account (default: the configured default)."},
-    "delay": {
-        "type": "number",
-        "minimum": 0,
-        "maximum": 366 * 86400,
-        "description": "Send as a follow-up this many seconds from now.",
-    },
-    "at": {
-        "type": "string",
-        "format": "date-time",
-        "description": "Send as a follow-up at this ISO 8601 time (with a timezone). Not with delay.",
-    },
-    "key": {
+#: Longest ``key`` / ``idempotency_key`` the enqueue path accepts (characters; checked in
+#: dmworker.enqueue, where it is a literal).
+MAX_KEY_CHARS = 200
+#: An Idempotency-Key header leaves room for ``:<index>`` (a batch item's key is ``<header>:<i>``).
+MAX_HEADER_KEY_CHARS = MAX_KEY_CHARS - 10
+# A stored label (schemas.base.Label): not blank, no control character.
+_LABEL = r"^(?=[\s\S]*\S)[^\x00-\x1f\x7f-\x9f]*$"
+# The ISO 8601 times datetime.fromisoformat reads, with a zone, from 1970 on (epoch ms >= 0).
+_DATE_TIME = (
+    r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+
+
+def _time(description: str) -> dict[str, Any]:
+    return {"type": "string", "format": "date-time", "pattern": _DATE_TIME, "description": description}
+
+
+def _seconds(description: str, exclusive: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": MAX_SPAN_S, "description": description}
+    if exclusive:
+        out["exclusiveMinimum"] = True
+    return out
+
+
+def _key(description: str, max_chars: int = MAX_KEY_CHARS) -> dict[str, Any]:
+    return {
         "type": "string",
         "minLength": 1,
-        "maxLength": 200,
-        "description": "Name of the follow-up (cancel it with DELETE /v1/followups?key=).",
+        "maxLength": max_chars,
+        "pattern": _LABEL,
+        "description": description,
+    }
+
+
+_OPTIONS: dict[str, Any] = {
+    "account": {
+        "type": "string",
+        "nullable": True,
+        "minLength": 1,
+        "maxLength": 128,
+        "pattern": r"^[^\s{}]+$",
+        "description": "Sending account, configured or registered (default, or null: the default "
+        "account). An account the deployment does not know is refused.",
+    },
+    "delay": {
+        **_seconds("Send as a follow-up this many seconds from now (at most 366 days).", False),
+        "nullable": True,
+    },
+    "at": {
+        **_time(
+            "Send as a follow-up at this ISO 8601 time with a timezone (from 1970 on); a time in the "
+            "past means now. Not together with delay."
+        ),
+        "nullable": True,
+    },
+    "ttl": {
+        **_seconds(
+            "Expire the job (state expired, never sent) this many seconds after it becomes due; "
+            "more than 0, at most 366 days. Not together with expires_at.",
+            True,
+        ),
+        "nullable": True,
+    },
+    "expires_at": {
+        **_time(
+            "Expire the job at this ISO 8601 time with a timezone: in the future and after the job "
+            "is due (else 422). Not together with ttl."
+        ),
+        "nullable": True,
+    },
+    "key": {
+        **_key("Name of the follow-up (cancel it with DELETE /v1/followups?key=). Not blank."),
+        "nullable": True,
     },
     "replace": {
         "type": "boolean",
@@ -51,21 +112,41 @@ _OPTIONS: dict[str, Any] = {
     "cancel_on_reply": {
         "type": "boolean",
         "default": False,
-        "description": "Cancel this follow-up when the user writes or taps first.",
+        "description": "Cancel this follow-up when the user writes or taps first (not for private_reply).",
     },
     "idempotency_key": {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": 200,
-        "description": "Same key within the retention: same job, never a second send. "
-        "Default: the Idempotency-Key header (batch item i: '<header>:<i>').",
+        **_key(
+            "Same key and same request within the retention: the same job, never a second send; the "
+            "same key with a different request: 409 idempotency_conflict. Default: the "
+            "Idempotency-Key header (batch item i: '<header>:<i>')."
+        ),
+        "nullable": True,
     },
 }
-_RECIPIENT = {
-    "type": "string",
-    "pattern": "^[0-9]{1,32}(_[0-9]{1,32})?$",
-    "description": "IGSID of the user (for private_reply: the comment id).",
+# What a field's validator checks beyond its marshmallow metadata (schemas.kinds._reaction).
+_FIELD_RULES: dict[str, dict[str, dict[str, Any]]] = {
+    "react": {
+        "reaction": {
+            "pattern": "^(?:{})$|^(?=.*[^\\x00-\\x7f])[^A-Za-z\\s\\x00-\\x1f\\x7f-\\x9f]{{1,{}}}$".format(
+                "|".join(REACTIONS), MAX_EMOJI_CHARS
+            )
+        }
+    }
 }
+#: Options that exclude each other: a job carries at most one of each pair.
+EXCLUSIVE = (("delay", "at"), ("ttl", "expires_at"))
+_IGSID_PATTERN = f"^{IGSID_RE.pattern}$"
+_COMMENT_PATTERN = f"^{COMMENT_ID_RE.pattern}$"
+
+
+def _recipient(kind: str) -> dict[str, Any]:
+    if kind == "private_reply":
+        return {
+            "type": "string",
+            "pattern": _COMMENT_PATTERN,
+            "description": "The comment id (digits, or digits_digits).",
+        }
+    return {"type": "string", "pattern": _IGSID_PATTERN, "description": "IGSID of the user (1 to 32 digits)."}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -114,6 +195,41 @@ _STATUS = _obj(
     },
     ["id", "state"],
 )
+_NULL_INT = {"type": "integer", "nullable": True}
+_ACCOUNT = _obj(
+    {
+        "account": {"type": "string", "description": "Instagram professional account id."},
+        "state": {"type": "string", "description": "active, paused, reauth_required or disabled."},
+        "configured": {
+            "type": "boolean",
+            "description": "Configured (environment/file), not only registered.",
+        },
+        "limits": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "Rate limit per class (text, media, private_reply, ...), e.g. '100/s'.",
+        },
+        "burst": {"type": "integer", "description": "Sends allowed at once above the rate."},
+        "usage_pct": {**_NULL_INT, "description": "Meta's latest usage header, percent."},
+        "slowdown": {"type": "number", "description": "Interval multiplier from usage (1 to 4)."},
+        "paused_until_ms": {**_NULL_INT, "description": "Sends paused until (epoch ms), null if not paused."},
+        "pause_reason": {
+            "type": "string",
+            "nullable": True,
+            "description": "throttled, policy_block, token_invalid.",
+        },
+        "pause_detail": {"type": "string", "nullable": True},
+        "backlog_lanes": {"type": "integer", "description": "Lanes (recipients) with jobs waiting."},
+        "scheduled": {"type": "integer", "description": "Follow-ups not yet due."},
+        "dead_letters": {"type": "integer", "description": "Jobs in the dead-letter queue."},
+        "stats": {
+            "type": "object",
+            "additionalProperties": {"type": "number"},
+            "description": "Cluster-wide counters (accepted, sent, failed, ...; see /metrics).",
+        },
+    },
+    ["account", "configured", "limits", "burst", "backlog_lanes", "scheduled", "dead_letters"],
+)
 _ERROR = _obj({"error": {"type": "string"}, "message": {"type": "string"}}, ["error"])
 _VALIDATION = _obj(
     {
@@ -153,20 +269,31 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _op(summary: str, ok: tuple[int, dict[str, Any], str], *errors: int, **more: Any) -> dict[str, Any]:
-    texts = {
-        400: "Malformed JSON or not a job object/list",
-        401: "Missing or invalid bearer token",
-        404: "Unknown id",
-        409: "Already sent, failed or cancelled",
-        413: "Body too large",
-        422: "Validation failed; nothing queued",
-        503: "Redis unreachable; nothing changed",
-    }
+_TEXTS = {
+    400: "Malformed JSON or not a job object/list",
+    401: "Missing or invalid bearer token",
+    404: "Unknown id",
+    409: "Already sent, failed or cancelled",
+    413: "Body too large",
+    422: "Validation failed; nothing queued",
+    503: "Redis unreachable; nothing changed",
+}
+
+
+def _op(
+    summary: str,
+    ok: tuple[int, dict[str, Any], str],
+    *errors: int,
+    special: dict[int, tuple[dict[str, Any], str]] | None = None,
+    **more: Any,
+) -> dict[str, Any]:
+    """An operation: ``ok``, 401, ``errors`` and 503 (``special``: a code's own schema and text)."""
     responses = {str(ok[0]): _json(ok[1], ok[2])}
     for code in (401, *errors, 503):
-        schema = _ref({422: "ValidationError", 409: "Cancel"}.get(code, "Error"))
-        responses[str(code)] = _json(schema, texts[code])
+        schema, text = (special or {}).get(
+            code, (_ref({422: "ValidationError", 409: "Cancel"}.get(code, "Error")), _TEXTS[code])
+        )
+        responses[str(code)] = _json(schema, text)
     return {"summary": summary, "responses": responses, **more}
 
 
@@ -182,20 +309,78 @@ def _param(name: str, where: str, description: str, required: bool = False, **sc
 
 def _paths(spec: APISpec) -> None:
     job_id = _param("job_id", "path", "Job id (<account>.<random>).")
-    account = _param("account", "query", "Account (default: the configured default / every account).")
+    account = _param(
+        "account",
+        "query",
+        "An account (empty: the configured default / every account). Where one account is "
+        "needed, an unknown one is 422.",
+    )
     many = {"oneOf": [_ref("JobRequest"), {"type": "array", "minItems": 1, "items": _ref("JobRequest")}]}
     accepted = _obj({"jobs": {"type": "array", "items": _ref("AcceptedJob")}}, ["jobs"])
+    idem_conflict = _obj(
+        {
+            "error": {"type": "string", "enum": ["idempotency_conflict"]},
+            "message": {"type": "string"},
+            "fields": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {"type": "string"}},
+            },
+            "jobs": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "The first request's jobs.",
+            },
+        },
+        ["error"],
+    )
     spec.path(
         "/v1/messages",
         operations={
             "post": _op(
                 "Queue one job or a batch (every item validated before any is queued)",
-                (202, accepted, "Accepted"),
+                (202, accepted, "Accepted (duplicate: true when the idempotency key was seen)"),
                 400,
+                409,
                 413,
                 422,
+                special={
+                    409: (
+                        idem_conflict,
+                        "The idempotency key was already used for a different request (nothing queued)",
+                    ),
+                    422: (
+                        _ref("ValidationError"),
+                        "Validation failed, a closed messaging window, a pending follow-up with the "
+                        "same key (without replace), an unknown account, expires_at not after the due "
+                        "time; nothing queued",
+                    ),
+                    503: (
+                        _obj(
+                            {
+                                "error": {"type": "string"},
+                                "message": {"type": "string"},
+                                "queued": {"type": "array", "items": {"type": "string"}},
+                                "in_doubt": {"type": "array", "items": {"type": "string"}},
+                            },
+                            ["error"],
+                        ),
+                        "Redis unreachable, also when it failed part-way through a batch: retry the "
+                        "same request with the same idempotency keys (items already queued are not "
+                        "queued twice)",
+                    ),
+                },
                 parameters=[
-                    _param("Idempotency-Key", "header", "Idempotency key of the job (batch: '<key>:<i>').")
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "Idempotency key of the job (batch item i: '<key>:<i>').",
+                        "schema": {
+                            "type": "string",
+                            "maxLength": MAX_HEADER_KEY_CHARS,
+                            "description": "Blank: no key.",
+                        },
+                    }
                 ],
                 requestBody={"required": True, "content": {"application/json": {"schema": many}}},
             )
@@ -206,7 +391,15 @@ def _paths(spec: APISpec) -> None:
         parameters=[job_id],
         operations={
             "get": _op("Status of a job", (200, _ref("JobStatus"), "The job's status"), 404),
-            "delete": _op("Cancel a queued or scheduled job", (200, _ref("Cancel"), "Cancelled"), 404, 409),
+            "delete": _op(
+                "Cancel a job",
+                (200, _ref("Cancel"), "Cancelled: it will not be sent"),
+                404,
+                409,
+                description="DELETE cancels the job (it is kept, in state cancelled, and never "
+                "sent); it does not erase it. A job already sent, being sent, failed or "
+                "cancelled answers 409 with its state.",
+            ),
         },
     )
     spec.path(
@@ -218,7 +411,10 @@ def _paths(spec: APISpec) -> None:
                 404,
                 409,
                 422,
-                parameters=[_param("key", "query", "Follow-up key.", required=True), account],
+                parameters=[
+                    _param("key", "query", "Follow-up key (not empty).", required=True, minLength=1),
+                    account,
+                ],
             )
         },
     )
@@ -232,13 +428,25 @@ def _paths(spec: APISpec) -> None:
                 422,
                 parameters=[
                     account,
-                    _param("limit", "query", "At most this many (1-1000, default 100).", type="integer"),
+                    _param(
+                        "limit",
+                        "query",
+                        f"At most this many (1 to {MAX_DLQ_LIMIT}, default 100).",
+                        type="integer",
+                        minimum=1,
+                        maximum=MAX_DLQ_LIMIT,
+                    ),
                 ],
             ),
             "delete": _op(
-                "Forget every dead letter (of an account)",
+                "Forget the dead letters of an account (or, with all=true, of every account)",
                 (200, _obj({"purged": {"type": "integer"}}, ["purged"]), "How many"),
-                parameters=[account],
+                422,
+                special={422: (_ref("ValidationError"), "Neither account nor all=true given")},
+                parameters=[
+                    account,
+                    _param("all", "query", "true: purge every account's dead letters.", type="boolean"),
+                ],
             ),
         },
     )
@@ -249,16 +457,31 @@ def _paths(spec: APISpec) -> None:
         operations={"get": _op("A dead letter and its stored job", (200, shown, "The dead letter"), 404)},
     )
     replayed = _obj({"replayed": {"type": "boolean"}, "id": {"type": "string"}}, ["replayed"])
+    not_dead = _obj(
+        {
+            "error": {"type": "string", "enum": ["conflict"]},
+            "message": {"type": "string"},
+            "id": {"type": "string"},
+            "state": {"type": "string", "description": "The job's state (queued, sent, ...)."},
+        },
+        ["error", "state"],
+    )
     spec.path(
         "/v1/dlq/{job_id}/replay",
         parameters=[job_id],
         operations={
-            "post": _op("Put a dead letter back at the tail of its lane", (200, replayed, "Replayed"), 404)
+            "post": _op(
+                "Put a dead letter back at the tail of its lane",
+                (200, replayed, "Replayed"),
+                404,
+                409,
+                special={409: (not_dead, "The job is no longer dead-lettered (its state says where it is)")},
+            )
         },
     )
     spec.path(
         "/v1/windows/{igsid}",
-        parameters=[_param("igsid", "path", "The user's IGSID.")],
+        parameters=[_param("igsid", "path", "The user's IGSID (1 to 32 digits).", pattern=_IGSID_PATTERN)],
         operations={
             "get": _op(
                 "The user's messaging window",
@@ -268,7 +491,7 @@ def _paths(spec: APISpec) -> None:
             )
         },
     )
-    accounts = _obj({"accounts": {"type": "array", "items": {"type": "object"}}}, ["accounts"])
+    accounts = _obj({"accounts": {"type": "array", "items": _ref("AccountState")}}, ["accounts"])
     spec.path(
         "/v1/accounts",
         operations={
@@ -304,6 +527,16 @@ def _paths(spec: APISpec) -> None:
                 "Use /livez and /readyz there, and alert on dmworker_workers_alive."
             )
         spec.path(path, operations={"get": op})
+    spec.path(
+        "/openapi.json",
+        operations={
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "The OpenAPI 3.0 document")},
+            }
+        },
+    )
     spec.path(
         "/metrics",
         operations={
@@ -363,6 +596,9 @@ def build_spec() -> dict[str, Any]:
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for kind in KINDS:
         spec.components.schema(f"{_camel(kind)}Args", schema=SCHEMAS[kind])
+        props = spec.components.schemas[f"{_camel(kind)}Args"].get("properties", {})
+        for name, extra in _FIELD_RULES.get(kind, {}).items():
+            props[name].update(extra)
     mapping: dict[str, str] = {}
     steps: dict[str, str] = {}
     for kind in (*KINDS, "sequence"):
@@ -391,17 +627,34 @@ def build_spec() -> dict[str, Any]:
             )
             spec.components.schema(f"{name}Step", component=step)
             steps[kind] = f"#/components/schemas/{name}Step"
+        options = copy.deepcopy(_OPTIONS)
+        if kind == "private_reply":  # it answers a comment: there is no reply to cancel it on
+            options["cancel_on_reply"]["enum"] = [False]
         job = _obj(
             {
                 "kind": {"type": "string", "enum": [kind]},
-                "recipient": _RECIPIENT,
+                "recipient": _recipient(kind),
                 **args.get("properties", {}),
-                **_OPTIONS,
+                **options,
             },
             ["kind", "recipient", *args.get("required", [])],
             additionalProperties=False,
-            description=f"A {kind} job: its arguments (see {name}Args) plus the options.",
+            description=f"A {kind} job: its arguments (see {name}Args) plus the options. "
+            + " ".join(f"At most one of {a} and {b}." for a, b in EXCLUSIVE),
         )
+        # delay and at (ttl and expires_at) exclude each other; null counts as not given
+        job["not"] = {
+            "anyOf": [
+                {
+                    "required": [a, b],
+                    "properties": {
+                        a: _OPTIONS[a] | {"nullable": False},
+                        b: _OPTIONS[b] | {"nullable": False},
+                    },
+                }
+                for a, b in EXCLUSIVE
+            ]
+        }
         spec.components.schema(f"{name}Job", component=job)
         mapping[kind] = f"#/components/schemas/{name}Job"
     spec.components.schema(
@@ -418,6 +671,7 @@ def build_spec() -> dict[str, Any]:
         ("ValidationError", _VALIDATION),
         ("WindowInfo", _WINDOW),
         ("Cancel", _CANCEL),
+        ("AccountState", _ACCOUNT),
     ):
         spec.components.schema(name, component=schema)
     _paths(spec)
