@@ -657,7 +657,8 @@ def test_keda_scales_the_worker_on_the_celery_queue_list(monkeypatch: pytest.Mon
     conf = celery_app.celery_config()
     key = conf.get("broker_transport_options", {}).get("global_keyprefix", "") + conf["task_default_queue"]
     assert trigger["metadata"]["listName"] == key
-    assert "dmworker_lane_backlog" in (K8S / "keda-scaledobject.yaml").read_text()
+    keda = (K8S / "keda-scaledobject.yaml").read_text()
+    assert "dmworker_lanes_backlog" in keda and "dmworker_lane_backlog" not in keda  # deprecated name
 
 
 # =========================================================================== tests: commands
