@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "Accounts",
     "ConfigError",
     "InstagramClient",
     "Job",
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .accounts import Accounts
     from .errors import JobNotFoundError, RedisUnavailableError, ValidationError, WindowClosedError
     from .graph import InstagramClient
     from .jobs import JobStatus
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from .settings import ConfigError, Settings
 
 _LAZY = {
+    "Accounts": "accounts",
     "Outbox": "outbox",
     "Job": "outbox",
     "JobStatus": "jobs",
