@@ -20,9 +20,10 @@ from .settings import RATE_CLASSES
 class DeadLetters:
     """The dead-letter queue of every account (jobs that failed for good, with their reason)."""
 
-    def __init__(self, store: LaneStore, publish: Any = None) -> None:
+    def __init__(self, store: LaneStore, publish: Any = None, clock: Any = None) -> None:
         self.store = store
         self._publish = publish
+        self._clock = clock  # () -> epoch ms or None (the Redis clock); tests inject time
 
     def accounts(self) -> list[str]:
         return sorted(self.store.redis.smembers(self.store.keys.accounts))
@@ -80,7 +81,8 @@ class DeadLetters:
         if raw is None:
             raise JobNotFoundError(job_id)
         status = JobStatus.from_redis(job_id, acct, raw, None)
-        tag, extra = self.store.replay(acct, job_id, status.lane)
+        now = self._clock() if self._clock is not None else None
+        tag, extra = self.store.replay(acct, job_id, status.lane, now_ms=now)
         if tag == "notfound":
             raise JobNotFoundError(job_id)
         if tag == "notdead":

@@ -31,6 +31,7 @@ from typing import Any
 
 from . import scripts
 from .lanes import LaneStore
+from .lifecycle import normalize
 
 log = logging.getLogger("dmworker.dispatcher")
 
@@ -95,7 +96,11 @@ class Dispatcher:
                 res.published += 1
             if d.followups:
                 sts = self.store.redis.hmget(self.store.acct(account).status, d.followups)
-                items = [(jid, json.loads(st)["r"]) for jid, st in zip(d.followups, sts, strict=True) if st]
+                items = [
+                    (jid, normalize(json.loads(st))["lane"])
+                    for jid, st in zip(d.followups, sts, strict=True)
+                    if st
+                ]
                 n, lanes = self.store.promote(account, items, now_ms=now_ms)
                 res.promoted += n
                 for rec in lanes:
