@@ -161,7 +161,7 @@ def test_thirty_days_of_one_account(sim, sandbox, rdb):
     back to its baseline once the retention has passed."""
     ob, store = sim.outbox, sim.store
     t0 = sim.now
-    base_keys, base_bytes = prefix_memory(rdb, sim.settings.key_prefix)
+    _base_keys, base_bytes = prefix_memory(rdb, sim.settings.key_prefix)
     accepted: dict[str, str] = {}  # job id -> what it is
     plan: list[tuple[int, int, object]] = []
     order = itertools.count()
