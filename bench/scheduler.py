@@ -1,16 +1,23 @@
 """Figure 6: follow-ups. Redis memory per scheduled follow-up (``INFO memory`` used_memory before
 and after scheduling N through pipelined ``Outbox.send_many(delay=...)``) beside the memory of a
-Celery countdown message on the same broker, and promotions per second (``Dispatcher.tick`` with an
-injected clock, ``publish`` a no-op) beside a plain Redis move (ZPOPMIN + one RPUSH per item).
+Celery countdown message on the same broker, promotions per second (``Dispatcher.tick`` with an
+injected clock, ``publish`` a no-op) beside a plain Redis move (ZPOPMIN + one RPUSH per item), and
+the follow-up lag (sandbox receive time - due time) of N follow-ups due over S seconds, delivered by
+one dmworker worker process (its embedded dispatcher), beside the same sends as Celery countdown
+tasks of the baseline (``bench/naive.py``) on one worker process; the load average during each run
+is reported with it.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import common as c
+import naive
+from workers import Group
 
 from dmworker.dispatcher import Dispatcher
 from dmworker.lanes import LaneStore
@@ -40,6 +47,85 @@ def _schedule(args: tuple[Any, int, int]) -> int:
 
 def _used(r: Any) -> int:
     return int(r.info("memory")["used_memory"])
+
+
+LAG_RECIPIENTS = 1_000
+
+
+def lag(sandbox: Any, quick: bool) -> dict[str, Any]:
+    """Follow-up lag: ``n`` follow-ups due evenly over ``span_s`` seconds (starting ``lead_s`` ahead), for
+    dmworker and for the baseline (Celery ``countdown``), one worker process x 16 threads each."""
+    n, span_s, lead_s = (2_000, 10.0, 5.0) if quick else (10_000, 30.0, 20.0)
+    out: dict[str, Any] = {"lag_n": n, "lag_span_s": span_s}
+    for system in ("dmworker", "naive"):
+        g = Group(system, 1, 16, sandbox).start()
+        try:
+            out[f"lag_{system}"] = _lag_run(g, n, span_s, lead_s)
+        finally:
+            g.stop()
+    return out
+
+
+def _lag_run(g: Group, n: int, span_s: float, lead_s: float) -> dict[str, Any]:
+    recipients = [str(710000000 + i) for i in range(LAG_RECIPIENTS)]
+    ctl = g.sandbox.control
+    ctl.reset()
+    ctl.open_windows(c.ACCOUNT, recipients)
+    start = time.time() + lead_s
+    due = {f"lag#{i}": start + span_s * i / n for i in range(n)}
+    with g.app.producer_or_acquire() as producer:
+        if g.system == "dmworker":
+            ob = Outbox(
+                settings=g.settings,
+                client=g.r,
+                publish=lambda a, r: g.app.send_task(
+                    "dmworker.process_lane", (a, r), queue=g.queue, producer=producer
+                ),
+            )
+            items = [
+                {
+                    "kind": "text",
+                    "recipient": recipients[i % LAG_RECIPIENTS],
+                    "text": t,
+                    "delay": d - time.time(),
+                }
+                for i, (t, d) in enumerate(due.items())
+            ]
+            jobs = ob.send_many(items)
+        else:
+            for i, (t, d) in enumerate(due.items()):
+                g.app.send_task(
+                    naive.TASK,
+                    (recipients[i % LAG_RECIPIENTS], t),
+                    queue=g.queue,
+                    producer=producer,
+                    eta=datetime.fromtimestamp(d, tz=timezone.utc),
+                )
+    if time.time() > start:
+        raise RuntimeError(f"{g.system}: scheduling took longer than the {lead_s:g} s lead")
+    load0 = c.loadavg()
+    if not c.wait_for(lambda: c.sends_count(g.sandbox) >= n, span_s + 120, 0.25):
+        raise RuntimeError(f"{g.system}: follow-ups missing ({c.sends_count(g.sandbox)} of {n})")
+    if g.system == "dmworker":  # the due time dmworker recorded (its delay ran from the enqueue)
+        due = {t: (ob.status(j.id).due_ms or 0) / 1000 for t, j in zip(due, jobs, strict=True)}
+    first: dict[str, float] = {}
+    for x in ctl.sends():
+        t = x["body"]["message"]["text"]
+        first[t] = min(first.get(t, x["t_ms"]), x["t_ms"])
+    lags = [first[t] - due[t] * 1000 for t in due]
+    res = {
+        "p50": c.pct(lags, 0.5),
+        "p99": c.pct(lags, 0.99),
+        "max": max(lags),
+        "early": sum(1 for v in lags if v < 0),
+        "load": f"{load0} / {c.loadavg()}",
+    }
+    c.say(
+        f"  {g.system:8} follow-up lag: p50 {res['p50']:.0f} ms, p99 {res['p99']:.0f} ms, "
+        f"max {res['max']:.0f} ms, "
+        f"early {res['early']} (load average {res['load']})"
+    )
+    return res
 
 
 def run(sandbox: Any, quick: bool, producers: int = 2) -> dict[str, Any]:
@@ -116,6 +202,7 @@ def run(sandbox: Any, quick: bool, producers: int = 2) -> dict[str, Any]:
         c.say(f"  plain Redis move: {out['raw_rate']:,.0f}/s")
     finally:
         c.cleanup(r, prefix)
+    out.update(lag(sandbox, quick))
     return out
 
 
@@ -146,4 +233,16 @@ def section(res: dict[str, Any]) -> str:
             "",
         ],
     ]
+    if "lag_dmworker" in res:
+        d, b = res["lag_dmworker"], res["lag_naive"]
+        rows.append(
+            [
+                f"follow-up lag p50 / p99 / max, ms ({res['lag_n']:,} due over {res['lag_span_s']:.0f} s, "
+                f"1 worker process x 16 threads; load average during the run {d['load']}, baseline's "
+                f"{b['load']})",
+                f"{d['p50']:.0f} / {d['p99']:.0f} / {d['max']:.0f} (early: {d['early']})",
+                f"{b['p50']:.0f} / {b['p99']:.0f} / {b['max']:.0f} (Celery countdown, early: {b['early']})",
+                c.ratio(d["p99"], b["p99"]),
+            ]
+        )
     return c.table(["figure", "dmworker", "baseline", "ratio"], rows)
