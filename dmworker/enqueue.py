@@ -144,7 +144,13 @@ class Enqueuer:
         unknown = set(opts) - set(OPTIONS)
         if unknown:
             raise ValidationError({u: ["unknown option"] for u in sorted(unknown)})
-        account = self._account(opts.get("account"))
+        acct = opts.get("account")
+        if acct is not None and (not isinstance(acct, str) or not acct):
+            raise ValidationError({"account": ["must be a non-empty string (an Instagram account id)"]})
+        for flag in ("replace", "cancel_on_reply"):
+            if opts.get(flag) is not None and not isinstance(opts.get(flag), bool):
+                raise ValidationError({flag: ["must be true or false"]})
+        account = self._account(acct)
         if kind == "sequence":
             if set(args) - {"steps"}:
                 raise ValidationError({u: ["Unknown field."] for u in sorted(set(args) - {"steps"})})
