@@ -1,5 +1,6 @@
-"""``dmworker`` subcommands an operator reads with: accounts (limits, usage, pauses) and the read
-side of conversations."""
+"""``dmworker`` subcommands an operator reads with: the read side of conversations; and
+:func:`describe_account`, an account's state in one line with readable times (``dmworker accounts``
+lives in :mod:`dmworker.cli_accounts`)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,10 @@ import json
 import time
 from typing import Any
 
-from .cli_common import UsageError, add_parser, print_json, when
+from .cli_common import UsageError, add_parser, when
 
 
 def register(sub: Any) -> None:
-    a = add_parser(sub, "accounts", "per account: limits, usage, pause and why")
-    a.add_argument(
-        "action",
-        nargs="?",
-        choices=("show", "resume"),
-        default="show",
-        help="show them, or resume a paused one",
-    )
-    a.add_argument("account", nargs="?", help="the account to resume")
-    a.add_argument("--json", action="store_true", help="machine-readable (times as epoch ms)")
-    a.set_defaults(handler=accounts)
-
     cv = add_parser(sub, "conversations", "read side: list conversations, read messages")
     cv.add_argument("action", choices=("list", "messages"), help="what to read")
     cv.add_argument("conversation_id", nargs="?", help="the conversation (messages)")
@@ -47,25 +36,6 @@ def describe_account(s: Any, now_ms: float | None = None) -> str:
         f"{s.account}: {pause}; limits {limits} (burst {s.burst}); usage {usage}; slowdown x{s.slowdown:g}; "
         f"lanes {s.backlog_lanes}; scheduled {s.scheduled}; dead letters {s.dead_letters}"
     )
-
-
-def accounts(ns: argparse.Namespace) -> int:
-    from .admin import account_states, resume_account
-    from .runtime import get_runtime
-
-    store = get_runtime().store
-    if ns.action == "resume":
-        if not ns.account:
-            raise UsageError("accounts resume takes an account id")
-        print("resumed" if resume_account(store, ns.account) else "not paused")
-        return 0
-    states = account_states(store)
-    if ns.json:
-        print_json([s.to_dict() for s in states])
-        return 0
-    for s in states:
-        print(describe_account(s))
-    return 0
 
 
 def conversations(ns: argparse.Namespace) -> int:

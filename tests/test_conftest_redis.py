@@ -35,7 +35,7 @@ def _inner_pytest(tmp_path: Path, **env_over: str) -> subprocess.CompletedProces
     tmp = tmp_path / "tmp"
     tmp.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMWORKER_")}
-    env.update(TMPDIR=str(tmp), **env_over)
+    env.update(TMPDIR=str(tmp), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", **env_over)  # fast: conftest only
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "test_inner.py"],
         cwd=work,
