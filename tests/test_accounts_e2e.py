@@ -66,6 +66,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_an_account_added_over_http_sends_within_5_s_and_set_token_changes_the_wire_token(
     esettings, group, accounts, sandbox, rdb, key_prefix
 ):
@@ -125,6 +126,7 @@ def test_an_account_added_over_http_sends_within_5_s_and_set_token_changes_the_w
     assert_no_token_in_redis(rdb, key_prefix, [TOK1, TOK2, ADMIN])
 
 
+@pytest.mark.slow
 def test_a_refused_token_holds_the_jobs_and_set_token_releases_them_in_order(
     esettings, group, accounts, sandbox, rdb, key_prefix
 ):
@@ -156,6 +158,7 @@ def test_a_refused_token_holds_the_jobs_and_set_token_releases_them_in_order(
     assert_no_token_in_redis(rdb, key_prefix, [TOK1, TOK2])
 
 
+@pytest.mark.slow
 def test_the_scheduler_refreshes_a_token_once_and_the_new_one_survives_restarts(
     esettings, group, accounts, sandbox, rdb, key_prefix
 ):

@@ -155,6 +155,7 @@ def test_the_usage_slowdown_fades_when_meta_stops_reporting_it(sim):
     assert max(w for w in waits if w) > 3 * max(w for w in waits_later if w)
 
 
+@pytest.mark.slow
 def test_thirty_days_of_one_account(sim, sandbox, rdb):
     """Follow-ups days ahead, replies, cancels, permanent failures and replays, a token Meta
     refuses on day 10 and its replacement: nothing lost, nothing sent twice or late, and memory
