@@ -28,6 +28,7 @@ it and wakes the parked lanes. After ``set_token`` of an account held for a refu
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -39,6 +40,7 @@ from .accountinfo import AccountInfo, account_info
 from .crypto import TokenCipher
 from .keys import Keys
 from .registry import (
+    AccountConflictError,
     AccountError,
     AccountNotFoundError,
     AccountRecord,
@@ -55,6 +57,7 @@ TOKEN_LIFETIME_S = 60 * DAY_S  # Instagram Login long-lived tokens
 MIN_REFRESH_AGE_S = DAY_S  # Meta refreshes only tokens at least 24 h old
 FAR_MS = 315_360_000_000  # ten years: a pause that lasts until an operator lifts it
 JOB_POLICIES = ("keep", "fail", "cancel")
+_URL = re.compile(r"^https?://[^/\s]+")
 
 __all__ = ["AccountError", "AccountInfo", "AccountNotFoundError", "Accounts"]
 
@@ -121,16 +124,18 @@ class Accounts:
         """
         check_account_id(account_id)
         if account_id in self.static:
-            raise AccountError(f"account {account_id} is configured in the environment (read-only)")
+            raise AccountConflictError(f"account {account_id} is configured in the environment (read-only)")
         now = time.time() if now_s is None else now_s
         checked = _check_fields(login, page_id, rates, burst, graph_url, callback_url)
-        fields: dict[str, Any] = dict(login=login, page_id=page_id, disabled=False, **checked)
+        fields: dict[str, Any] = dict(login=login, disabled=False, **checked)
         if access_token is not None:
             fields.update(self._token_fields(access_token, token_expires_at, token_issued_at, now, login))
 
         def change(cur: AccountRecord | None) -> AccountRecord:
             if cur is not None and not replace:
-                raise AccountError(f"account {account_id} is already registered (replace it, or set_token)")
+                raise AccountConflictError(
+                    f"account {account_id} is already registered (replace it, or set_token)"
+                )
             if cur is None:
                 if access_token is None:
                     raise AccountError("access_token is required for a new account")
@@ -291,7 +296,7 @@ class Accounts:
 
     def _registry_only(self, account_id: str) -> None:
         if account_id in self.static:
-            raise AccountError(f"account {account_id} is configured in the environment (read-only)")
+            raise AccountConflictError(f"account {account_id} is configured in the environment (read-only)")
         if not self.registry.exists(account_id):
             raise AccountNotFoundError(f"no registered account {account_id}")
 
@@ -376,8 +381,6 @@ def _check_fields(
         raise AccountError(f"login must be one of {', '.join(LOGINS)}, got {login!r}")
     if login == "facebook" and not (isinstance(page_id, str) and page_id.strip().isdigit()):
         raise AccountError("a facebook login needs page_id, the linked Page's numeric id")
-    if login == "instagram" and page_id is not None:
-        raise AccountError("page_id applies to facebook logins only")
     if rates is not None and not isinstance(rates, Mapping):
         raise AccountError('rates must be an object of class -> rate, e.g. {"text": "100/s"}')
     out_rates = {}
@@ -391,9 +394,10 @@ def _check_fields(
     if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or burst < 1):
         raise AccountError("burst must be an integer >= 1")
     for name, url in (("graph_url", graph_url), ("callback_url", callback_url)):
-        if url is not None and not (isinstance(url, str) and url.startswith(("https://", "http://"))):
+        if url is not None and not (isinstance(url, str) and _URL.match(url)):
             raise AccountError(f"{name} must be an http(s) URL")
     return {
+        "page_id": page_id if login == "facebook" else None,  # a Page applies to facebook logins only
         "rates": out_rates,
         "burst": burst,
         "graph_url": graph_url.rstrip("/") if graph_url else None,

@@ -15,7 +15,7 @@ import secrets
 import time
 from typing import Any
 
-from .registry import AccountError, Registry
+from .registry import AccountConflictError, AccountError, Registry
 from .scopes import make_scope, token_digest
 from .settings import Settings
 
@@ -32,14 +32,17 @@ class ApiTokens:
         Raises:
             AccountError: a bad role or scope, or a name already in use.
         """
-        if not name or not isinstance(name, str) or len(name) > 100:
+        if not isinstance(name, str) or not name or len(name) > 100:
             raise AccountError("name must be a non-empty string of at most 100 characters")
+        listed = isinstance(accounts, list) and all(isinstance(a, str) and a for a in accounts)
+        if accounts is not None and not isinstance(accounts, str) and not listed:
+            raise AccountError("accounts must be a list of account ids")
         try:
             scope = make_scope(role, accounts, name)
         except ValueError as e:
             raise AccountError(str(e)) from None
         if any(t.get("name") == name for t in self.registry.api_tokens().values()):
-            raise AccountError(f"an API token named {name!r} exists (remove it first)")
+            raise AccountConflictError(f"an API token named {name!r} exists (remove it first)")
         token = secrets.token_urlsafe(32)
         record = {**scope.to_dict(), "created_s": time.time()}
         self.registry.put_api_token(token_digest(token), record)

@@ -41,6 +41,10 @@ class AccountError(DmworkerError, ValueError):
     """An account operation was refused (bad argument, unknown or read-only account)."""
 
 
+class AccountConflictError(AccountError):
+    """The account's current state refuses the change: registered already, or static (read-only)."""
+
+
 class AccountNotFoundError(AccountError, KeyError):
     """No such account in the registry (nor, where it applies, among the static accounts)."""
 

@@ -170,7 +170,13 @@ def test_accounts_over_http_are_admin_only_and_show_no_token(api, ssettings, rdb
     created = api.call("PUT", f"/v1/accounts/{new}", ADMIN, body)
     assert created.status_code == 201 and token not in created.get_data(as_text=True)
     assert created.json["token_fingerprint"] and created.json["limits"]["text"] == "10/s"
-    assert api.call("PUT", f"/v1/accounts/{new}", ADMIN, {"disabled": True}).json["state"] == "disabled"
+    assert (
+        api.call("PUT", f"/v1/accounts/{new}", ADMIN, {"disabled": True}).status_code == 422
+    )  # a PUT is whole
+    assert (
+        api.call("PUT", f"/v1/accounts/{new}", ADMIN, {**body, "disabled": True}).json["state"] == "disabled"
+    )
+    assert api.call("PUT", f"/v1/accounts/{ACCOUNT}", ADMIN, body).status_code == 409  # static: read-only
     assert api.call("GET", f"/v1/accounts/{new}", ADMIN).json["state"] == "disabled"
     assert api.call("PUT", f"/v1/accounts/{new}", ADMIN, {"nope": 1}).status_code == 422
     assert api.call("DELETE", f"/v1/accounts/{new}", PROD_A).status_code == 403

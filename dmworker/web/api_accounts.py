@@ -10,10 +10,11 @@
 ``GET|POST /v1/api-tokens``, ``DELETE /v1/api-tokens/<name>``  registry API tokens      admin
 ==========================================  ========================================  ============
 
-PUT body: ``{"access_token", "login", "page_id", "token_expires_at", "token_issued_at" (epoch s),
-"rates", "burst", "graph_url", "callback_url", "disabled"}``; ``access_token`` may be left out when
-replacing (the stored token is kept). No answer ever carries a token: only its fingerprint
-(``POST /v1/api-tokens`` answers the new API token once, by design).
+PUT body (the whole account: a PUT replaces it): ``{"access_token" (required), "login", "page_id",
+"token_expires_at", "token_issued_at" (epoch s), "rates", "burst", "graph_url", "callback_url",
+"disabled"}``. A static account (environment, file) or an existing API token name answers 409.
+No answer ever carries a token: only its fingerprint (``POST /v1/api-tokens`` answers the new
+API token once, by design).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from flask.typing import ResponseReturnValue
 from ..accounts import Accounts
 from ..apitokens import ApiTokens
 from ..errors import ValidationError
-from ..registry import AccountError, AccountNotFoundError
+from ..registry import AccountConflictError, AccountError, AccountNotFoundError
 from ..settings import ConfigError
 from .api import bp
 from .auth import current_scope
@@ -58,9 +59,14 @@ def _no_account(e: AccountNotFoundError) -> ResponseReturnValue:
     return error(404, "not_found", str(e))
 
 
+@bp.errorhandler(AccountConflictError)
+def _account_conflict(e: AccountConflictError) -> ResponseReturnValue:
+    return error(409, "conflict", str(e))
+
+
 @bp.errorhandler(AccountError)
 def _bad_account(e: AccountError) -> ResponseReturnValue:
-    return error(422, "validation", str(e))
+    return error(422, "validation", str(e), fields={"_schema": [str(e)]})
 
 
 @bp.errorhandler(ConfigError)
@@ -112,6 +118,10 @@ def put_account(account: str) -> ResponseReturnValue:
     unknown = sorted(set(body) - set(PUT_FIELDS))
     if unknown:
         raise ValidationError({name: ["Unknown field."] for name in unknown})
+    if not isinstance(body.get("access_token"), str) or not body["access_token"]:
+        raise ValidationError({"access_token": ["Missing data for required field."]})
+    if "disabled" in body and not isinstance(body["disabled"], bool):
+        raise ValidationError({"disabled": ["Not a valid boolean."]})
     accounts = _accounts()
     existed = accounts.registry.exists(account)
     disabled = body.pop("disabled", None)
@@ -153,9 +163,19 @@ def create_api_token() -> ResponseReturnValue:
         return error(400, "bad_request", "the body is not valid JSON")
     if not isinstance(body, dict):
         return error(400, "bad_request", "the body must be a JSON object")
+    unknown = sorted(set(body) - {"name", "role", "accounts"})
+    if unknown:
+        raise ValidationError({n: ["Unknown field."] for n in unknown})
     name, role, accounts = body.get("name"), body.get("role"), body.get("accounts")
-    token = ApiTokens(ctx().settings, ctx().redis).create(str(name or ""), str(role or ""), accounts)
-    return flask.jsonify({"name": name, "role": role, "accounts": accounts, "token": token}), 201
+    if accounts is not None and not isinstance(accounts, list):
+        raise ValidationError({"accounts": ["a list of account ids"]})
+    if not isinstance(name, str) or not isinstance(role, str):
+        raise ValidationError(
+            {f: ["a string is required"] for f in ("name", "role") if not isinstance(body.get(f), str)}
+        )
+    token = ApiTokens(ctx().settings, ctx().redis).create(name, role, accounts)
+    shown = sorted(accounts) if accounts and role != "admin" else []  # []: every account (admin)
+    return flask.jsonify({"name": name, "role": role, "accounts": shown, "token": token}), 201
 
 
 @bp.delete("/api-tokens/<name>")

@@ -580,6 +580,164 @@ def _paths(spec: APISpec) -> None:
             },
         },
     )
+    # accounts and API tokens at run time (dmworker.web.api_accounts)
+    def scoped(op: dict[str, Any]) -> dict[str, Any]:
+        op["responses"]["403"] = _json(_ref("Error"), "The token's role or scope does not allow this")
+        return op
+
+    malformed = (_ref("Error"), "Malformed JSON")
+    conflict = (_ref("Error"), "A static (read-only) account, or a name in use")
+    info = _obj(
+        {
+            "account": {"type": "string"},
+            "source": {"type": "string", "enum": ["registry", "static"]},
+            "state": {"type": "string", "enum": ["active", "paused", "reauth_required", "disabled"]},
+            "login": {"type": "string", "enum": ["instagram", "facebook"]},
+            "page_id": {"type": "string", "nullable": True},
+            "graph_url": {"type": "string"},
+            "token_fingerprint": {"type": "string", "nullable": True, "description": "Never the token."},
+            "token_expires_at": {"type": "number", "nullable": True, "description": "Epoch s."},
+            "token_issued_at": {"type": "number", "nullable": True, "description": "Epoch s."},
+            "limits": {"type": "object", "additionalProperties": {"type": "string"}},
+            "burst": {"type": "integer"},
+            "pause_reason": {"type": "string", "nullable": True},
+            "paused_until_ms": {"type": "integer", "nullable": True},
+            "callback_url": {"type": "string", "nullable": True},
+            "refresh": {
+                "type": "object",
+                "description": "Token refresh: state (none, scheduled, ok, failed, expired, invalid), "
+                "next_s and last_s (epoch s), failures, error.",
+            },
+            "created_at": {"type": "number", "nullable": True},
+            "updated_at": {"type": "number", "nullable": True},
+        },
+        ["account", "source", "state", "login", "limits", "burst"],
+    )
+    rate = {
+        "type": "string",
+        "pattern": r"^\s*(0*[1-9]\d*(\.\d+)?|0*\.\d*[1-9]\d*)\s*/\s*([1-9]\d*)?\s*(s|sec|m|min|h|hour)\s*$",
+        "description": "N/s, N/m, N/h (N > 0).",
+    }
+    url = {"type": "string", "pattern": r"^https?://[^/\s]+"}
+    put_body = _obj(
+        {
+            "access_token": {"type": "string", "minLength": 1},
+            "login": {"type": "string", "enum": ["instagram", "facebook"], "default": "instagram"},
+            "page_id": {"type": "string", "pattern": "^[0-9]+$", "description": "Facebook login only."},
+            "token_expires_at": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
+            "token_issued_at": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
+            "rates": {
+                "type": "object",
+                "properties": {k: rate for k in ("text", "media", "private_reply", "conversations")},
+                "additionalProperties": False,
+            },
+            "burst": {"type": "integer", "minimum": 1},
+            "graph_url": url,
+            "callback_url": url,
+            "disabled": {"type": "boolean"},
+        },
+        ["access_token"],
+        additionalProperties=False,
+        anyOf=[
+            {"properties": {"login": {"enum": ["instagram"]}}},
+            {"properties": {"login": {"enum": ["facebook"]}}, "required": ["login", "page_id"]},
+        ],
+    )
+    put = scoped(
+        _op(
+            "Add or replace a registry account (admin)",
+            (200, info, "Replaced"),
+            400,
+            409,
+            422,
+            special={400: malformed, 409: conflict},
+            requestBody={"required": True, "content": {"application/json": {"schema": put_body}}},
+        )
+    )
+    put["responses"]["201"] = _json(info, "Added")
+    removed = _obj(
+        {"account": {"type": "string"}, "jobs": {"type": "string"}, "ended": {"type": "integer"}},
+        ["account", "jobs", "ended"],
+    )
+    jobs = _param("jobs", "query", "keep (held), fail or cancel.", required=True, enum=["keep", "fail", "cancel"])
+    spec.path(
+        "/v1/accounts/{account}",
+        parameters=[_param("account", "path", "Account id.", pattern="^[A-Za-z0-9_-]{1,64}$")],
+        operations={
+            "get": _op("One account: state, token fingerprint and expiry, limits, refresh", (200, info, "It"), 404),
+            "put": put,
+            "delete": scoped(
+                _op(
+                    "Remove a registry account; jobs says what becomes of its jobs (admin)",
+                    (200, removed, "Removed"),
+                    404,
+                    409,
+                    422,
+                    special={409: conflict},
+                    parameters=[jobs],
+                )
+            ),
+        },
+    )
+    token_info = _obj(
+        {
+            "name": {"type": "string"},
+            "role": {"type": "string", "enum": ["admin", "producer", "viewer"]},
+            "accounts": {"description": "'*' or a list of account ids."},
+            "created_s": {"type": "number"},
+        },
+        ["name", "role"],
+    )
+    ids = {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
+    new_token = _obj(
+        {
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "role": {"type": "string", "enum": ["admin", "producer", "viewer"]},
+            "accounts": {**ids, "description": "The accounts of a producer or viewer."},
+        },
+        ["name", "role"],
+        additionalProperties=False,
+        anyOf=[
+            {"properties": {"role": {"enum": ["admin"]}, "accounts": {"maxItems": 0}}},
+            {"properties": {"role": {"enum": ["producer", "viewer"]}, "accounts": {"minItems": 1}},
+             "required": ["accounts"]},
+        ],
+    )
+    made = _obj(
+        {"name": {"type": "string"}, "role": {"type": "string"}, "accounts": ids, "token": {"type": "string"}},
+        ["name", "role", "accounts", "token"],
+    )
+    spec.path(
+        "/v1/api-tokens",
+        operations={
+            "get": scoped(
+                _op(
+                    "API tokens of the registry: name, role, accounts; never a token (admin)",
+                    (200, _obj({"api_tokens": {"type": "array", "items": token_info}}, ["api_tokens"]), "Tokens"),
+                )
+            ),
+            "post": scoped(
+                _op(
+                    "Create an API token; shown once, Redis keeps its SHA-256 (admin)",
+                    (201, made, "Created; accounts [] for an admin (every account)"),
+                    400,
+                    409,
+                    422,
+                    special={400: malformed, 409: conflict},
+                    requestBody={"required": True, "content": {"application/json": {"schema": new_token}}},
+                )
+            ),
+        },
+    )
+    spec.path(
+        "/v1/api-tokens/{name}",
+        parameters=[_param("name", "path", "The API token's name.")],
+        operations={
+            "delete": scoped(
+                _op("Revoke an API token (admin)", (200, _obj({"removed": {"type": "string"}}, ["removed"]), "Revoked"), 404)
+            )
+        },
+    )
 
 
 @cache

@@ -81,12 +81,13 @@ def purge_target(account: str | None) -> str | None:
 
     Raises:
         Forbidden: a viewer, an account outside the scope, or ``all`` without admin.
-        ValidationError: neither ``account`` nor ``all=true``, or both.
+        ValidationError: neither ``account`` nor ``all=true``, or ``all`` not a boolean.
     """
     need_write()
-    every = (flask.request.args.get("all") or "").lower() in ("1", "true", "yes")
-    if every and account:
-        raise ValidationError({"all": ["give account=<id> or all=true, not both"]})
+    raw = (flask.request.args.get("all") or "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise ValidationError({"all": ["must be true or false"]})
+    every = raw in ("true", "1") and not account  # with an account: every dead letter of that one
     if every:
         need_admin()
         return None
