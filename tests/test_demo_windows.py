@@ -67,9 +67,10 @@ def test_window_refuses_at_enqueue_with_the_closing_time(enforcing):
 
 def test_thread_pacing_spaces_sends_to_one_user(settings, rdb):
     s = settings.with_overrides(thread_min_interval_ms=500)
-    ob, store = Outbox(settings=s, client=rdb, publish=lambda a, r: None), LaneStore(s, rdb)
+    t0 = 1_900_000_000_000  # an injected clock, for the producer too (jobs expire a day after they are due)
+    ob = Outbox(settings=s, client=rdb, publish=lambda a, r: None, clock=lambda: t0)
+    store = LaneStore(s, rdb)
     a, b = ob.send_text("7101", "one"), ob.send_text("7101", "two")
-    t0 = 1_900_000_000_000
     st = store.step(s.default_account, "7101", "w", acquire=True, now_ms=t0)
     assert st.job_id == a.id
     st = store.step(
