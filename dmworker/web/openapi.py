@@ -580,6 +580,7 @@ def _paths(spec: APISpec) -> None:
             },
         },
     )
+
     # accounts and API tokens at run time (dmworker.web.api_accounts)
     def scoped(op: dict[str, Any]) -> dict[str, Any]:
         op["responses"]["403"] = _json(_ref("Error"), "The token's role or scope does not allow this")
@@ -659,12 +660,16 @@ def _paths(spec: APISpec) -> None:
         {"account": {"type": "string"}, "jobs": {"type": "string"}, "ended": {"type": "integer"}},
         ["account", "jobs", "ended"],
     )
-    jobs = _param("jobs", "query", "keep (held), fail or cancel.", required=True, enum=["keep", "fail", "cancel"])
+    jobs = _param(
+        "jobs", "query", "keep (held), fail or cancel.", required=True, enum=["keep", "fail", "cancel"]
+    )
     spec.path(
         "/v1/accounts/{account}",
         parameters=[_param("account", "path", "Account id.", pattern="^[A-Za-z0-9_-]{1,64}$")],
         operations={
-            "get": _op("One account: state, token fingerprint and expiry, limits, refresh", (200, info, "It"), 404),
+            "get": _op(
+                "One account: state, token fingerprint and expiry, limits, refresh", (200, info, "It"), 404
+            ),
             "put": put,
             "delete": scoped(
                 _op(
@@ -699,12 +704,19 @@ def _paths(spec: APISpec) -> None:
         additionalProperties=False,
         anyOf=[
             {"properties": {"role": {"enum": ["admin"]}, "accounts": {"maxItems": 0}}},
-            {"properties": {"role": {"enum": ["producer", "viewer"]}, "accounts": {"minItems": 1}},
-             "required": ["accounts"]},
+            {
+                "properties": {"role": {"enum": ["producer", "viewer"]}, "accounts": {"minItems": 1}},
+                "required": ["accounts"],
+            },
         ],
     )
     made = _obj(
-        {"name": {"type": "string"}, "role": {"type": "string"}, "accounts": ids, "token": {"type": "string"}},
+        {
+            "name": {"type": "string"},
+            "role": {"type": "string"},
+            "accounts": ids,
+            "token": {"type": "string"},
+        },
         ["name", "role", "accounts", "token"],
     )
     spec.path(
@@ -713,7 +725,11 @@ def _paths(spec: APISpec) -> None:
             "get": scoped(
                 _op(
                     "API tokens of the registry: name, role, accounts; never a token (admin)",
-                    (200, _obj({"api_tokens": {"type": "array", "items": token_info}}, ["api_tokens"]), "Tokens"),
+                    (
+                        200,
+                        _obj({"api_tokens": {"type": "array", "items": token_info}}, ["api_tokens"]),
+                        "Tokens",
+                    ),
                 )
             ),
             "post": scoped(
@@ -734,7 +750,11 @@ def _paths(spec: APISpec) -> None:
         parameters=[_param("name", "path", "The API token's name.")],
         operations={
             "delete": scoped(
-                _op("Revoke an API token (admin)", (200, _obj({"removed": {"type": "string"}}, ["removed"]), "Revoked"), 404)
+                _op(
+                    "Revoke an API token (admin)",
+                    (200, _obj({"removed": {"type": "string"}}, ["removed"]), "Revoked"),
+                    404,
+                )
             )
         },
     )
