@@ -29,17 +29,14 @@ from .cli_common import UsageError, add_parser, print_json, when
 
 
 def register(sub: Any) -> None:
-    """Add ``accounts`` (subsuming an earlier ``accounts show|resume`` registration)."""
-    if "accounts" in sub.choices:  # the read-only `accounts` of the operator tools: this group subsumes it
-        sub.choices.pop("accounts")
-        sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != "accounts"]
+    """Add ``accounts`` and its actions (``show`` and ``resume`` as before, and the registry's)."""
     a = add_parser(sub, "accounts", "accounts: show, add, set-token, disable, enable, remove, API tokens")
     a.add_argument("--json", action="store_true", help="machine-readable (with no ACTION)")
     a.set_defaults(handler=show, account=None)
-    verbs = a.add_subparsers(dest="action", metavar="ACTION")
+    verbs = a.add_subparsers(dest="action", metavar="ACTION", help="what to do (none: show)")
 
     s = add_parser(verbs, "show", "every account (or one): state, limits, pause, token fingerprint")
-    s.add_argument("account", nargs="?")
+    s.add_argument("account", nargs="?", help="one account in detail (none: every account)")
     s.add_argument("--json", action="store_true", help="machine-readable")
     s.set_defaults(handler=show)
     ls = add_parser(verbs, "list", "registered and configured accounts, one line each")
@@ -48,17 +45,22 @@ def register(sub: Any) -> None:
 
     for name, help_ in (("add", "register an account (token on stdin)"), ("set-token", "replace a token")):
         p = add_parser(verbs, name, help_)
-        p.add_argument("account")
+        p.add_argument("account", help="the Instagram account id")
         p.add_argument("--token-env", metavar="VAR", help="read the token from this variable, not stdin")
         p.add_argument("--expires-at", help="token expiry: epoch s or ISO 8601 with a zone")
         p.add_argument("--issued-at", help="token issue time (default: 60 days before its expiry)")
         if name == "add":
-            p.add_argument("--login", choices=("instagram", "facebook"), default="instagram")
+            p.add_argument(
+                "--login",
+                choices=("instagram", "facebook"),
+                default="instagram",
+                help="Instagram Login (IG user token) or Facebook Login (Page token)",
+            )
             p.add_argument("--page-id", help="the linked Page's id (facebook login)")
             p.add_argument("--rate", action="append", default=[], metavar="CLASS=RATE", help="e.g. text=50/s")
-            p.add_argument("--burst", type=int)
+            p.add_argument("--burst", type=int, help="sends allowed at once above the rate")
             p.add_argument("--graph-url", help="this account's Graph base URL (default: by login)")
-            p.add_argument("--callback-url")
+            p.add_argument("--callback-url", help="where this account's events go")
             p.add_argument("--replace", action="store_true", help="overwrite a registered account")
         p.set_defaults(handler=add if name == "add" else set_token)
 
@@ -72,10 +74,10 @@ def register(sub: Any) -> None:
                 "resume": "lift any pause by hand",
             }[name],
         )
-        p.add_argument("account")
+        p.add_argument("account", help="the Instagram account id")
         p.set_defaults(handler=fn)
     rm = add_parser(verbs, "remove", "unregister an account")
-    rm.add_argument("account")
+    rm.add_argument("account", help="the Instagram account id")
     rm.add_argument(
         "--jobs",
         required=True,
@@ -89,9 +91,11 @@ def register(sub: Any) -> None:
     )
 
     t = add_parser(verbs, "api-token", "API tokens kept in the registry (hashed)")
-    t.add_argument("op", choices=("add", "remove", "list"))
-    t.add_argument("name", nargs="?")
-    t.add_argument("--role", choices=("admin", "producer", "viewer"))
+    t.add_argument(
+        "op", choices=("add", "remove", "list"), help="create (prints the token once), revoke, list"
+    )
+    t.add_argument("name", nargs="?", help="the token's name (add, remove)")
+    t.add_argument("--role", choices=("admin", "producer", "viewer"), help="what the token may do (add)")
     t.add_argument("--accounts", help="account|account... or * (producer, viewer)")
     t.set_defaults(handler=api_token)
 
@@ -172,17 +176,12 @@ def show(ns: argparse.Namespace) -> int:
             [{**s.to_dict(), **(infos[s.account].to_dict() if s.account in infos else {})} for s in states]
         )
         return 0
+    from .cli_ops import describe_account
+
     for s in states:
         info = infos.get(s.account)
-        state = info.state if info else ("paused" if s.paused_until_ms else "active")
-        pause = f" ({s.pause_reason})" if s.pause_reason else ""
-        limits = ", ".join(f"{k} {v}" for k, v in s.limits.items())
-        usage = f"{s.usage_pct}%" if s.usage_pct is not None else "-"
-        print(
-            f"{s.account}: {state}{pause}; limits {limits} (burst {s.burst}); usage {usage}; "
-            f"lanes {s.backlog_lanes}; scheduled {s.scheduled}; dead letters {s.dead_letters}"
-            f"{'; token ' + info.token_fingerprint if info and info.token_fingerprint else ''}"
-        )
+        extra = f"; {info.state}; token {info.token_fingerprint}" if info and info.token_fingerprint else ""
+        print(describe_account(s) + extra)
     return 0
 
 
