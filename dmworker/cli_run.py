@@ -21,7 +21,8 @@ def register(sub: Any) -> None:
         "Run a Celery worker with dmworker's app. Every further option, --help included, is passed to "
         "`celery worker` (e.g. --concurrency 64 --loglevel INFO); settings come from DMWORKER_*.",
     )
-    w.set_defaults(handler=worker, rest=[])
+    w.add_argument("rest", nargs=argparse.REMAINDER, metavar="...", help="options for `celery worker`")
+    w.set_defaults(handler=worker)
 
     s = add_parser(sub, "scheduler", "promote due follow-ups and wake waiting lanes (any number may run)")
     s.add_argument(
@@ -44,7 +45,8 @@ def register(sub: Any) -> None:
         "Run the Graph API sandbox. Every further option, --help included, goes to the sandbox "
         "(`dmworker sandbox --help` lists them: --host, --port, --token T=ACCOUNT, --latency-ms, ...).",
     )
-    sb.set_defaults(handler=sandbox, rest=[])
+    sb.add_argument("rest", nargs=argparse.REMAINDER, metavar="...", help="options for the sandbox")
+    sb.set_defaults(handler=sandbox)
 
     d = add_parser(sub, "demo", "a full local run: embedded Redis, sandbox, workers, a few hundred users")
     d.add_argument("--users", type=int, default=300, help="simulated users")
