@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import ACCOUNT
@@ -122,16 +121,7 @@ def _parsers(
                 yield from _parsers(sp, f"{path} {name}")
 
 
-def _registrar(register: Any) -> Any:
-    if getattr(register, "__module__", "") == "dmworker.cli_accounts":
-        return pytest.param(
-            register,
-            marks=pytest.mark.xfail(strict=True, reason="dmworker/cli_accounts.py: options without help"),
-        )
-    return register
-
-
-@pytest.mark.parametrize("register", [_registrar(r) for r in REGISTRARS])
+@pytest.mark.parametrize("register", REGISTRARS)
 def test_every_option_has_help_and_shows_its_default(register):
     top = argparse.ArgumentParser(prog="dmworker")
     register(top.add_subparsers())

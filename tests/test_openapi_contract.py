@@ -122,6 +122,7 @@ def test_every_route_is_documented(api_url, settings, rdb):
             assert (path, method) in documented, f"{method} {path} is not in /openapi.json"
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_nothing(api_url, redis_url, key_prefix, tmp_path):
     # Given the API running over real HTTP on a real Redis
     env = {
