@@ -146,6 +146,9 @@ class Settings:
     thread_min_interval_ms: int = 0
     window_policy: str = "auto"
     retention_s: int = 7 * 86_400
+    dlq_retention_s: int = 30 * 86_400
+    dlq_max: int = 100_000
+    usage_decay_s: float = 300.0
     scheduler_tick_ms: int = 50
     embedded_scheduler: bool = True
     lane_batch: int = 50
@@ -284,6 +287,9 @@ class Settings:
             thread_min_interval_ms=r.int_("DMWORKER_THREAD_MIN_INTERVAL_MS", 0, minimum=0),
             window_policy=policy,
             retention_s=r.int_("DMWORKER_RETENTION_S", 7 * 86_400),
+            dlq_retention_s=r.int_("DMWORKER_DLQ_RETENTION_S", 30 * 86_400),
+            dlq_max=r.int_("DMWORKER_DLQ_MAX", 100_000),
+            usage_decay_s=r.float_("DMWORKER_USAGE_DECAY_S", 300.0),
             scheduler_tick_ms=r.int_("DMWORKER_SCHEDULER_TICK_MS", 50),
             embedded_scheduler=r.bool_("DMWORKER_EMBEDDED_SCHEDULER", True),
             lane_batch=r.int_("DMWORKER_LANE_BATCH", 50),
