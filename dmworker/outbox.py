@@ -117,6 +117,9 @@ class Outbox(Enqueuer):
         """Validate and queue ordered ``steps`` (``[{"kind": "typing", "seconds": 2}, ...]``) as one
         unit: cancelling it (by ``Job.id``, any of ``Job.ids`` or its key), replacing it or a reply
         acts on every step not yet sent."""
+        if not isinstance(steps, (list, tuple)):
+            self._count_refusal("validation")
+            raise ValidationError({"steps": ["must be a list of steps"]})
         return self.submit_prepared(self._prepared("sequence", recipient, {"steps": list(steps)}, opts))
 
     def _prepared(self, kind: str, recipient: str, args: Mapping[str, Any], opts: Mapping[str, Any]) -> Any:

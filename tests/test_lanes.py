@@ -261,3 +261,23 @@ def test_rate_limit_makes_lanes_wait_for_distinct_slots(outbox, store):
     # 10/s, burst 3 (decides with 2): two go now, the other two get distinct wake-up slots 100 ms apart
     assert [g.action for g in got] == ["job", "job", "wait", "wait"]
     assert got[2].until_ms == T0 + 100 and got[3].until_ms == T0 + 200
+
+
+def test_an_outcome_in_flight_never_replaces_an_operators_hold(outbox, store):
+    ob, _ = outbox
+    j1, j2 = ob.send_text("1101", "x"), ob.send_text("1102", "y")
+    assert store.step(A, "1101", "w1", acquire=True, now_ms=T0).job_id == j1.id
+    assert store.step(A, "1102", "w2", acquire=True, now_ms=T0 + 200).job_id == j2.id
+    # the operator disables the account while both sends are in flight
+    k = store.acct(A)
+    store.redis.hset(k.pause, mapping={"until": T0 + 10 * 365 * 86_400_000, "reason": "disabled"})
+    throttled = {"o": "throttled", "reason": "throttled", "pause_base_ms": 1000, "pause_cap_ms": 60_000}
+    refused = {
+        "o": "reauth",
+        "fp": token_fingerprint("tok-a"),
+        "err": {"kind": "token_invalid", "message": "x"},
+    }
+    store.step(A, "1101", "w1", acquire=False, prev_id=j1.id, outcome=throttled, now_ms=T0 + 300)
+    store.step(A, "1102", "w2", acquire=False, prev_id=j2.id, outcome=refused, now_ms=T0 + 301)
+    assert store.redis.hget(k.pause, "reason") == "disabled"
+    assert [ob.status(j).state for j in (j1.id, j2.id)] == ["waiting", "waiting"]

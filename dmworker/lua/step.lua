@@ -83,7 +83,8 @@ if prev ~= '' then
       st_put(prev, st)
     elseif o.o == 'throttled' then
       -- concurrent throttled answers join one pause; only a failed probe escalates it
-      local active = pause.untl ~= nil and (pause.untl > now_ms or pause.reason == 'token_invalid')
+      local held = pause.reason == 'token_invalid' or pause.reason == 'disabled' or pause.reason == 'removed'
+      local active = pause.untl ~= nil and (pause.untl > now_ms or held)
       if active and not was_probe then
         if o.pause_ms and now_ms + o.pause_ms > pause.untl then
           redis.call('HSET', KEYS[14], 'until', I(now_ms + o.pause_ms)); pause = read_pause()
@@ -101,7 +102,8 @@ if prev ~= '' then
     elseif o.o == 'reauth' then
       -- Meta refused the token: hold the account (nothing is dead-lettered), refund the attempt
       local fp = (o.fp and o.fp ~= '') and o.fp or ARGV[12]  -- the token that was refused
-      if not (pause.reason == 'token_invalid' and pause.token_fp == fp) then
+      local operator_hold = pause.reason == 'disabled' or pause.reason == 'removed'  -- kept as set
+      if not operator_hold and not (pause.reason == 'token_invalid' and pause.token_fp == fp) then
         set_pause(now_ms + PARK_MS, 'token_invalid', 0, fp, o.err and o.err.message)
       end
       st.state = 'waiting'; st.attempts = math.max(0, (st.attempts or 1) - 1); st.next_attempt_ms = nil
