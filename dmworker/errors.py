@@ -4,9 +4,11 @@
 
     DmworkerError
      ├── ValidationError        bad input; ``.messages`` maps field paths to messages; nothing queued
-     │    └── WindowClosedError a send or follow-up falls outside the messaging window (``.closes_at``)
+     │    ├── WindowClosedError a send or follow-up falls outside the messaging window (``.closes_at``)
+     │    └── IdempotencyConflictError  an idempotency key reused for a different request
      ├── RedisUnavailableError  Redis could not be reached; nothing was written
      ├── JobNotFoundError       no job with that id (or its retention has passed)
+     ├── JobStateError          the job is not in a state that allows this (``.state``)
      └── ConfigError            (from :mod:`dmworker.settings`) a bad setting, named
 
 This module imports nothing from the rest of the package at import time (``ConfigError`` is
@@ -50,8 +52,41 @@ class WindowClosedError(ValidationError):
         self.closes_at_ms = closes_at_ms
 
 
+class IdempotencyConflictError(ValidationError):
+    """An idempotency key was used before with a different request (HTTP 409); ``job_ids`` are
+    the jobs of the first request."""
+
+    def __init__(self, key: str, job_ids: tuple[str, ...] = ()) -> None:
+        super().__init__(
+            {
+                "idempotency_key": [
+                    f"idempotency key {key!r} was already used for a different request "
+                    f"(job {job_ids[0] if job_ids else '?'}); use a new key for a new request"
+                ]
+            }
+        )
+        self.key = key
+        self.job_ids = job_ids
+
+
 class RedisUnavailableError(DmworkerError, ConnectionError):
-    """Redis could not be reached; nothing was written. Retry later."""
+    """Redis could not be reached; nothing was written (for a batch, ``queued`` lists the jobs that
+    were, and ``in_doubt`` the item indexes whose fate is unknown). Retry later."""
+
+    def __init__(self, message: str, queued: Any = (), in_doubt: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.queued = list(queued)
+        self.in_doubt = in_doubt
+
+
+class JobStateError(DmworkerError):
+    """The job exists but is not in a state that allows this (``state``), e.g. a replay of a job
+    that is no longer dead-lettered (HTTP 409)."""
+
+    def __init__(self, job_id: str, state: str | None, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.state = state
 
 
 class JobNotFoundError(DmworkerError, KeyError):
@@ -72,7 +107,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ConfigError",
     "DmworkerError",
+    "IdempotencyConflictError",
     "JobNotFoundError",
+    "JobStateError",
     "RedisUnavailableError",
     "ValidationError",
     "WindowClosedError",

@@ -16,7 +16,14 @@ from typing import Any
 import flask
 from flask.typing import ResponseReturnValue
 
-from ..errors import JobNotFoundError, ValidationError, WindowClosedError
+from ..errors import (
+    IdempotencyConflictError,
+    JobNotFoundError,
+    JobStateError,
+    RedisUnavailableError,
+    ValidationError,
+    WindowClosedError,
+)
 from ..keys import account_of_job
 from ..outbox import OPTIONS, Job
 from ..schemas import recipient_error
@@ -32,6 +39,15 @@ MAX_DLQ_LIMIT = 1000
 
 @bp.errorhandler(ValidationError)
 def _invalid(e: ValidationError) -> ResponseReturnValue:
+    if isinstance(e, IdempotencyConflictError):
+        return flask.jsonify(
+            {
+                "error": "idempotency_conflict",
+                "message": e.messages["idempotency_key"][0],
+                "fields": e.messages,
+                "jobs": list(e.job_ids),
+            }
+        ), 409
     body: dict[str, Any] = {"error": "validation", "fields": e.messages}
     if isinstance(e, WindowClosedError):
         body.update(message=e.messages["window"][0], closes_at_ms=e.closes_at_ms)
@@ -46,6 +62,19 @@ def _not_found(e: JobNotFoundError) -> ResponseReturnValue:
 @bp.errorhandler(Forbidden)
 def _forbidden(e: Forbidden) -> ResponseReturnValue:
     return error(403, "forbidden", str(e))
+
+
+@bp.errorhandler(JobStateError)
+def _conflict(e: JobStateError) -> ResponseReturnValue:
+    return flask.jsonify({"error": "conflict", "message": str(e), "id": e.job_id, "state": e.state}), 409
+
+
+@bp.errorhandler(RedisUnavailableError)
+def _redis_down(e: RedisUnavailableError) -> ResponseReturnValue:
+    body: dict[str, Any] = {"error": "unavailable", "message": str(e)}
+    if e.queued or e.in_doubt:  # a batch that Redis failed midway: say exactly what was queued
+        body.update(queued=[j.id for j in e.queued], in_doubt=list(e.in_doubt))
+    return flask.jsonify(body), 503, {"Retry-After": "5"}
 
 
 def _job_id(raw: str) -> str:

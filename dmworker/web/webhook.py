@@ -34,6 +34,7 @@ from typing import Any
 import flask
 from flask.typing import ResponseReturnValue
 
+from ..lifecycle import KEEP_INBOUND_MS
 from .context import WebContext, ctx, error
 
 log = logging.getLogger("dmworker.web.webhook")
@@ -127,13 +128,18 @@ def receive() -> ResponseReturnValue:
 def _entry(web: WebContext, entry: Mapping[str, Any], out: list[dict[str, Any]]) -> int:
     """Record one ``entry``: append its new events to ``out``; how many events it had."""
     entry_id = str(entry.get("id", ""))
-    account = entry_id if entry_id in web.settings.accounts else web.settings.default_account
     messaging = _list(entry.get("messaging"))
     changes = _list(entry.get("changes"))
     seen = len(messaging) + len(changes)
-    if account is None:
-        log.warning("webhook entry for unconfigured account %s skipped (%d events)", entry_id[:40], seen)
+    if entry_id not in web.settings.accounts:  # never filed under another account
+        log.warning(
+            "webhook entry for an account this deployment does not serve ignored: %s (%d events)",
+            entry_id[:40] or "(no id)",
+            seen,
+        )
         return seen
+    account = entry_id
+    _housekeep(web, account)
     for ev in messaging:
         got = _messaging(web, account, ev, _ms(entry.get("time")))
         if got is not None:
@@ -209,9 +215,17 @@ def _comment(web: WebContext, account: str, change: Any, entry_ms: int | None) -
     if user == account:
         return None
     ts = _ms(value.get("timestamp")) or entry_ms or int(time.time() * 1000)
-    if not web.redis.hsetnx(web.store.acct(account).comments, comment_id, ts):
+    k = web.store.acct(account)
+    if not web.redis.hsetnx(k.comments, comment_id, ts):
         return None
+    web.redis.zadd(k.comment_times, {comment_id: ts}, nx=True)  # forgotten 7 days after the comment
     return {"account": account, "user": user, "kind": "comment", "timestamp_ms": ts, "event": change}
+
+
+def _housekeep(web: WebContext, account: str) -> None:
+    """Make sure the account's windows and comments get trimmed (at the latest in 7 days)."""
+    at = int(time.time() * 1000) + KEEP_INBOUND_MS
+    web.redis.zadd(web.store.keys.housekeep, {account: at}, nx=True)
 
 
 def _list(value: Any) -> list[Any]:
