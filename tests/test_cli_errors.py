@@ -139,6 +139,7 @@ def test_every_option_has_help_and_shows_its_default(register):
 def _state(paused_until_ms: int | None, reason: str | None = None) -> AccountState:
     return AccountState(
         account=ACCOUNT,
+        state="paused" if paused_until_ms else "active",
         configured=True,
         limits={"text": "100/s"},
         burst=5,
@@ -154,9 +155,6 @@ def _state(paused_until_ms: int | None, reason: str | None = None) -> AccountSta
     )
 
 
-@pytest.mark.xfail(
-    strict=True, reason="dmworker/cli_accounts.py `accounts show` prints the pause without its time"
-)
 def test_accounts_shows_pauses_as_readable_times(settings, rdb, tmp_path):
     from dmworker.cli_common import when
     from dmworker.cli_ops import describe_account
