@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .errors import DmworkerError
+
 DEFAULT_GRAPH_URL = "https://graph.instagram.com/v25.0"
 DEFAULT_FACEBOOK_GRAPH_URL = "https://graph.facebook.com/v25.0"
 LOGINS = ("instagram", "facebook")
@@ -40,7 +42,7 @@ _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|m|min|h|hour)\s
 _PERIOD_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}
 
 
-class ConfigError(ValueError):
+class ConfigError(DmworkerError, ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 

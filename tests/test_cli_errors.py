@@ -56,9 +56,6 @@ def test_a_bad_setting_names_the_variable(tmp_path):
     assert "DMWORKER_LEASE_MS" in line and "integer" in line
 
 
-@pytest.mark.xfail(
-    strict=True, reason="dmworker/settings.py must derive ConfigError from dmworker.errors.DmworkerError"
-)
 def test_config_error_is_a_dmworker_error():
     from dmworker.errors import ConfigError, DmworkerError
 

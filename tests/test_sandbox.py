@@ -385,10 +385,12 @@ def test_latency_is_added(ctl: SandboxControl, post: Any) -> None:
     started = time.monotonic()
     post(text())
     assert time.monotonic() - started >= 0.099
-    ctl.reset()  # back to the start-up latency
+    ctl.reset()  # back to the start-up latency (none): far below the 1 s it would take if it stayed
+    ctl.set_latency(1000)
+    ctl.reset()
     started = time.monotonic()
     post(text())
-    assert time.monotonic() - started < 0.09
+    assert time.monotonic() - started < 0.9
 
 
 # ---- records ------------------------------------------------------------------------------------
