@@ -35,6 +35,10 @@ bp = flask.Blueprint("api", __name__, url_prefix="/v1")
 bp.before_request(require_bearer)
 
 MAX_DLQ_LIMIT = 1000
+#: Longest ``key`` / ``idempotency_key`` the enqueue path accepts (characters).
+MAX_KEY_CHARS = 200
+#: An Idempotency-Key header leaves room for ``:<index>`` (a batch item's key is ``<header>:<i>``).
+MAX_HEADER_KEY_CHARS = MAX_KEY_CHARS - 10
 
 
 @bp.errorhandler(ValidationError)
@@ -102,6 +106,8 @@ def post_messages() -> ResponseReturnValue:
     except (ValueError, RecursionError):
         return error(400, "bad_request", "the body is not valid JSON")
     header_key = flask.request.headers.get("Idempotency-Key") or None
+    if header_key and len(header_key) > MAX_HEADER_KEY_CHARS:
+        raise ValidationError({"Idempotency-Key": [f"at most {MAX_HEADER_KEY_CHARS} characters"]})
     outbox = ctx().outbox
     check_send(body, outbox.account)
     if isinstance(body, list):

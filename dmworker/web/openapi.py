@@ -4,7 +4,9 @@ The argument schemas are the very marshmallow schemas the Outbox validates with
 (:data:`dmworker.schemas.SCHEMAS`, one component ``<Kind>Args`` per kind).  From each,
 ``<Kind>Job`` (a job of that kind: ``kind`` + ``recipient`` + the options + the arguments) and
 ``<Kind>Step`` (a step of a sequence) are derived, and ``JobRequest`` is a ``oneOf`` over the
-jobs with ``kind`` as discriminator.
+jobs with ``kind`` as discriminator.  What the schemas' validators check between fields (a button's
+type, a media's one source, a card's second field), a URL pattern (within what the URL fields
+accept) and the identifier rule are added to the generated components (:func:`_nested_rules`).
 """
 
 from __future__ import annotations
@@ -21,21 +23,19 @@ from flask.typing import ResponseReturnValue
 from .. import __version__
 from ..due import MAX_SPAN_S
 from ..schemas import KINDS, MAX_STEPS, REACTIONS, SCHEMAS
+from ..schemas.base import _NO_SPACE as NO_SPACE_RE
 from ..schemas.kinds import MAX_EMOJI_CHARS
 from ..schemas.send import _COMMENT_ID as COMMENT_ID_RE
 from ..schemas.send import _IGSID as IGSID_RE
-from .api import MAX_DLQ_LIMIT
+from .api import MAX_DLQ_LIMIT, MAX_HEADER_KEY_CHARS, MAX_KEY_CHARS
 from .health import HEARTBEAT_MAX_AGE_MS, READY_TIMEOUT_S
 
 bp = flask.Blueprint("openapi", __name__)
 
-#: Longest ``key`` / ``idempotency_key`` the enqueue path accepts (characters; checked in
-#: dmworker.enqueue, where it is a literal).
-MAX_KEY_CHARS = 200
-#: An Idempotency-Key header leaves room for ``:<index>`` (a batch item's key is ``<header>:<i>``).
-MAX_HEADER_KEY_CHARS = MAX_KEY_CHARS - 10
-# A stored label (schemas.base.Label): not blank, no control character.
-_LABEL = r"^(?=[\s\S]*\S)[^\x00-\x1f\x7f-\x9f]*$"
+# A stored label (schemas.base.Label): not blank, no control character. Written without a
+# lookahead (blanks, then the first other character, then anything but a control character), so
+# a generator can build a string of a given length directly.
+_LABEL = r"^[^\S\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
 # The ISO 8601 times datetime.fromisoformat reads, with a zone, from 1970 on (epoch ms >= 0).
 _DATE_TIME = (
     r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
@@ -133,6 +133,87 @@ _FIELD_RULES: dict[str, dict[str, dict[str, Any]]] = {
         }
     }
 }
+# An http(s) URL with a host name and a top-level domain, as schemas.base.HttpUrl accepts (a
+# subset of what it accepts: no userinfo, IP address or localhost). Python's \s also matches
+# \x1c-\x1f, Unicode's White_Space (other regex engines) does not: both are spelled out.
+_HTTP_URL = (
+    r"^https?://([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,6}(:[0-9]{1,5})?"
+    r"(/|[/?#][^\s\x1c-\x1f]+)?$"
+)
+#: What the validators of schemas.nested check between fields: for each value of the field named
+#: first, the fields that value needs and the fields it refuses.
+_BY_VALUE: dict[str, tuple[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]] = {
+    "Button": ("type", {"web_url": (("url",), ("payload",)), "postback": (("payload",), ("url",))}),
+    "QuickReply": (
+        "content_type",
+        {"text": (("title", "payload"), ()), "user_phone_number": ((), ("title", "payload"))},
+    ),
+}
+#: Arguments refused together (schemas.kinds.TypingArgs: seconds only with on=true).
+_NOT_TOGETHER = {
+    "Typing": {"on": {"enum": [False]}, "seconds": {"type": "number", "minimum": 0, "exclusiveMinimum": True}}
+}
+#: Objects that need at least one of these fields (schemas.nested.ElementSchema).
+_ANY_OF = {"Element": ("subtitle", "image_url", "default_action", "buttons")}
+#: Arguments given by exactly one of these fields, not null (schemas.kinds.MediaArgs); ``urls``
+#: only with type image.
+_ONE_OF = {"Media": ("url", "attachment_id", "urls")}
+_NULLABLE_KEYS = ("nullable", "default")
+
+
+def _by_value(schema: dict[str, Any], field: str, rules: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` as a ``oneOf``: one variant per value of ``field`` (its needs and refusals)."""
+    variants = []
+    for value, (needs, refuses) in rules.items():
+        props = {k: copy.deepcopy(v) for k, v in schema["properties"].items() if k not in refuses}
+        default = props[field].pop("default", None)
+        props[field]["enum"] = [value]
+        required = [*schema.get("required", []), *needs]
+        if default != value and field not in required:  # the default value may be left out
+            required.append(field)
+        variants.append({**schema, "properties": props, "required": sorted(set(required))})
+    return {"oneOf": variants, "description": f"One variant per {field}."}
+
+
+def _nested_rules(components: dict[str, Any]) -> None:
+    """Add to the generated components what marshmallow validators check beyond field metadata."""
+    for schema in components.values():
+        for prop in _walk_props(schema):
+            if prop.get("format") == "url":
+                prop["pattern"] = _HTTP_URL
+            if prop.get("pattern") == r"^\S+$":  # an identifier: its validator refuses controls too
+                prop["pattern"] = f"^{NO_SPACE_RE.pattern}$"
+    for name, (field, rules) in _BY_VALUE.items():
+        components[name] = _by_value(components[name], field, rules)
+    for name, wanted in _ANY_OF.items():
+        components[name]["anyOf"] = [{"required": [f]} for f in wanted]
+    for kind, fields in _ONE_OF.items():
+        args = components[f"{kind}Args"]
+        props = args["properties"]
+        not_null = {f: {k: v for k, v in props[f].items() if k not in _NULLABLE_KEYS} for f in fields}
+        given = {f: {"required": [f], "properties": {f: not_null[f]}} for f in fields}
+        args["oneOf"] = list(given.values())
+        if "urls" in given:  # urls only with type image
+            args["anyOf"] = [{"not": given["urls"]}, {"properties": {"type": {"enum": ["image"]}}}]
+    for kind, pair in _NOT_TOGETHER.items():
+        components[f"{kind}Args"]["anyOf"] = [
+            {"not": {"required": [name], "properties": {name: schema}}} for name, schema in pair.items()
+        ]
+
+
+def _walk_props(schema: Any) -> list[dict[str, Any]]:
+    """Every property schema (and array item) under ``schema``."""
+    found: list[dict[str, Any]] = []
+    if isinstance(schema, dict):
+        for prop in schema.get("properties", {}).values():
+            found.append(prop)
+            found.extend(_walk_props(prop))
+        if isinstance(schema.get("items"), dict):
+            found.append(schema["items"])
+            found.extend(_walk_props(schema["items"]))
+    return found
+
+
 #: Options that exclude each other: a job carries at most one of each pair.
 EXCLUSIVE = (("delay", "at"), ("ttl", "expires_at"))
 _IGSID_PATTERN = f"^{IGSID_RE.pattern}$"
@@ -777,6 +858,7 @@ def build_spec() -> dict[str, Any]:
         props = spec.components.schemas[f"{_camel(kind)}Args"].get("properties", {})
         for name, extra in _FIELD_RULES.get(kind, {}).items():
             props[name].update(extra)
+    _nested_rules(spec.components.schemas)
     mapping: dict[str, str] = {}
     steps: dict[str, str] = {}
     for kind in (*KINDS, "sequence"):
@@ -802,6 +884,7 @@ def build_spec() -> dict[str, Any]:
                 {"kind": {"type": "string", "enum": [kind]}, **args.get("properties", {})},
                 ["kind", *args.get("required", [])],
                 additionalProperties=False,
+                **{k: args[k] for k in ("oneOf", "anyOf") if k in args},
             )
             spec.components.schema(f"{name}Step", component=step)
             steps[kind] = f"#/components/schemas/{name}Step"
@@ -817,6 +900,7 @@ def build_spec() -> dict[str, Any]:
             },
             ["kind", "recipient", *args.get("required", [])],
             additionalProperties=False,
+            **{k: args[k] for k in ("oneOf", "anyOf") if k in args},
             description=f"A {kind} job: its arguments (see {name}Args) plus the options. "
             + " ".join(f"At most one of {a} and {b}." for a, b in EXCLUSIVE),
         )
