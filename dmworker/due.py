@@ -14,6 +14,8 @@ from typing import Any
 from .errors import ValidationError
 
 MAX_SPAN_S = 366 * 86400
+#: The latest time accepted for ``at``/``expires_at``: the end of year 9999 UTC (epoch ms).
+MAX_TIME_MS = 253_402_300_799_999
 
 
 def due_ms(delay: Any, at: Any) -> tuple[int | None, int | None]:
@@ -75,7 +77,7 @@ def _aware_ms(name: str, value: Any) -> int:
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
         raise ValidationError({name: ["naive datetime refused: give a timezone (e.g. tzinfo=timezone.utc)"]})
     ms = int(value.timestamp() * 1000)
-    if not 0 <= ms <= 2**53 - 1:
+    if not 0 <= ms <= MAX_TIME_MS:
         raise ValidationError({name: ["out of range"]})
     return ms
 

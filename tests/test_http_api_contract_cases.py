@@ -48,3 +48,12 @@ def test_an_idempotency_key_header_of_the_documented_length_is_accepted(client):
     )
     assert resp.status_code == 202, resp.json
     assert len(resp.json["jobs"]) == 2
+
+
+def test_a_time_past_year_9999_in_utc_is_a_validation_error():
+    from dmworker.due import due_ms
+    from dmworker.errors import ValidationError
+
+    with pytest.raises(ValidationError) as e:
+        due_ms(None, "9999-12-31T23:59:59-23:59")  # year 10000 in UTC
+    assert "at" in e.value.messages
