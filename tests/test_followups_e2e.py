@@ -68,7 +68,8 @@ def test_10000_followups_two_schedulers_and_kills(settings, sandbox, rdb):
         g.kill("w1")
         in_flight = sum(1 for v in rdb.hvals(store.acct(ACCOUNT).status) if '"state":"sending"' in v)
         g.start_worker("w1", concurrency=16)
-        time.sleep(5)
+        sent_at_restart = len(sandbox.sends(ACCOUNT))  # kill the scheduler once sending has resumed
+        assert wait_until(lambda: len(sandbox.sends(ACCOUNT)) >= sent_at_restart + 200, 60, 0.2)
         g.kill("s1")
         g.start_scheduler("s1")
         live = [i for i in range(10_000) if i not in cancelled and i not in replied]
