@@ -9,12 +9,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .accountinfo import pause_state
 from .errors import JobNotFoundError, JobStateError
 from .jobs import JobStatus
 from .keys import account_of_job
 from .lanes import LaneStore
-from .lifecycle import PAUSE_STATES
-from .settings import RATE_CLASSES
+from .settings import RATE_CLASSES, Settings
 
 
 class DeadLetters:
@@ -161,7 +161,7 @@ def account_states(store: LaneStore) -> list[AccountState]:
         out.append(
             AccountState(
                 account=acct,
-                state=PAUSE_STATES.get(str(pause.get("reason")), "paused") if active else "active",
+                state=pause_state(pause, now, _fingerprint(s, acct), False),
                 configured=acct in s.accounts,
                 limits={c: str(s.rate_for(acct, c)) for c in RATE_CLASSES},
                 burst=s.burst_for(acct),
@@ -183,3 +183,9 @@ def resume_account(store: LaneStore, account: str) -> bool:
     """Lift an account pause by hand and wake the lanes parked behind it; True if one was lifted."""
     lifted, _woken = store.resume(account, mode="any")
     return lifted
+
+
+def _fingerprint(settings: Settings, account: str) -> str | None:
+    """The fingerprint of the token this process holds for ``account`` (None: no token)."""
+    conf = settings.accounts.get(account)
+    return conf.fingerprint if conf is not None and conf.access_token else None

@@ -141,14 +141,6 @@ class Outcome(TypedDict, total=False):
     slow: float
 
 
-#: Pause reasons (``P:{A}:pause`` ``reason``) and the account state an operator sees for each.
-PAUSE_STATES = {
-    "throttled": "paused",
-    "policy_block": "paused",
-    "disabled": "disabled",
-    "token_invalid": "reauth_required",
-}
-
 #: Buckets (seconds) of the due-to-sent latency counters ``e2e:<le>`` in ``P:{A}:stats``
 #: (``step.lua`` E2E_BUCKETS_S).
 E2E_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
