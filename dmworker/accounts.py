@@ -38,6 +38,7 @@ import redis
 
 from .accountinfo import AccountInfo, account_info
 from .crypto import TokenCipher
+from .forget import ForgetReport
 from .keys import Keys
 from .registry import (
     AccountConflictError,
@@ -59,7 +60,7 @@ FAR_MS = 315_360_000_000  # ten years: a pause that lasts until an operator lift
 JOB_POLICIES = ("keep", "fail", "cancel")
 _URL = re.compile(r"^https?://[^/\s]+")
 
-__all__ = ["AccountError", "AccountInfo", "AccountNotFoundError", "Accounts"]
+__all__ = ["AccountError", "AccountInfo", "AccountNotFoundError", "Accounts", "ForgetReport"]
 
 
 class Accounts:
@@ -221,6 +222,32 @@ class Accounts:
         self.registry.update(account_id, lambda cur: None)
         log.info("account %s removed (jobs: %s, %d ended)", account_id, jobs, ended)
         return {"account": account_id, "jobs": jobs, "ended": ended}
+
+    def forget(self, account_id: str, igsid: str) -> ForgetReport:
+        """Remove everything ``account_id`` keeps about the person ``igsid`` (a Meta data-deletion
+        request): window, comments, jobs in any state with their texts, dead letters, lanes.
+
+        Jobs not yet sent are first cancelled (reason ``forgotten``); a job being sent right now
+        cannot be recalled: ``in_flight`` counts it and ``complete`` is false — call again once it
+        ended. The account need not be served any more (a removed account's data is found too).
+        Cost: one walk of the account's status hash (see :mod:`dmworker.forget`).
+
+        Raises:
+            AccountError: a malformed account id. ValidationError: ``igsid`` is not an IGSID.
+        """
+        from .forget import forget_person
+
+        check_account_id(account_id)
+        return forget_person(self._store(), account_id, igsid)
+
+    def forget_everywhere(self, igsid: str) -> list[ForgetReport]:
+        """:meth:`forget` on every account this deployment serves or that ever had a job."""
+        from .forget import check_igsid
+
+        check_igsid(igsid)
+        ever = {str(a) for a in self.redis.smembers(self.keys.accounts)}
+        _, records = self.registry.snapshot()
+        return [self.forget(a, igsid) for a in sorted(ever | set(records) | set(self.static))]
 
     # ------------------------------------------------------------------ reads
     def get(self, account_id: str) -> AccountInfo:

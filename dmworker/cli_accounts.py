@@ -11,6 +11,8 @@
     dmworker accounts resume ACCOUNT                 lift any pause by hand
     dmworker accounts new-key | rotate-key           make a DMWORKER_SECRET_KEY / re-encrypt under the first
     dmworker accounts api-token add NAME --role R [--accounts A|B] | remove NAME | list
+    dmworker forget IGSID [--account A] [--json]     remove what is kept about a person (exit 1: a
+                                                     send was in flight; run it again once it ended)
 
 A token is never taken on the command line (``ps`` shows arguments): ``add`` and ``set-token`` read
 it from standard input (one line), or from the environment variable named by ``--token-env``.
@@ -98,6 +100,16 @@ def register(sub: Any) -> None:
     t.add_argument("--role", choices=("admin", "producer", "viewer"), help="what the token may do (add)")
     t.add_argument("--accounts", help="account|account... or * (producer, viewer)")
     t.set_defaults(handler=api_token)
+
+    f = add_parser(
+        sub,
+        "forget",
+        "forget a person (Meta data-deletion request): window, comments, jobs and their texts",
+    )
+    f.add_argument("igsid", help="the person's IGSID")
+    f.add_argument("--account", help="only this account (default: every account with data or served)")
+    f.add_argument("--json", action="store_true", help="machine-readable")
+    f.set_defaults(handler=forget)
 
 
 def _accounts() -> Any:
@@ -293,3 +305,23 @@ def api_token(ns: argparse.Namespace) -> int:
         raise UsageError("api-token add needs --role")
     print(tokens.create(ns.name, ns.role, ns.accounts))
     return 0
+
+
+def forget(ns: argparse.Namespace) -> int:
+    """Exit 0 when nothing of the person is left, 1 when a send was in flight (run it again)."""
+    accounts = _accounts()
+    reports = [accounts.forget(ns.account, ns.igsid)] if ns.account else accounts.forget_everywhere(ns.igsid)
+    if ns.json:
+        print_json([r.to_dict() for r in reports])
+    for r in reports if not ns.json else []:
+        if not r.removed and r.complete:
+            continue
+        print(
+            f"{r.account}: {r.jobs_removed} jobs removed ({r.jobs_cancelled} cancelled first, "
+            f"{r.dead_letters} dead letters), {r.lanes} lanes, window {r.window}, {r.comments} comments"
+            + (f"; {r.in_flight} being sent now: run forget again once sent" if r.in_flight else "")
+        )
+    complete = all(r.complete for r in reports)
+    if not ns.json and all(not r.removed and r.complete for r in reports):
+        print(f"nothing stored about this person ({len(reports)} accounts searched)")
+    return 0 if complete else 1

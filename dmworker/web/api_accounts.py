@@ -8,6 +8,8 @@
 ``PUT /v1/accounts/<id>``                   add or replace (JSON body, below)           admin
 ``DELETE /v1/accounts/<id>?jobs=keep|fail|cancel``  remove; what becomes of its jobs    admin
 ``GET|POST /v1/api-tokens``, ``DELETE /v1/api-tokens/<name>``  registry API tokens      admin
+``DELETE /v1/people/<igsid>?account=A``     forget a person (data-deletion request)     admin,
+                                            (no account: every account, admin-wide)     producer (own)
 ==========================================  ========================================  ============
 
 PUT body (the whole account: a PUT replaces it): ``{"access_token" (required), "login", "page_id",
@@ -33,7 +35,7 @@ from ..settings import ConfigError
 from .api import bp
 from .auth import current_scope
 from .context import ctx, error
-from .scoping import need_admin
+from .scoping import need_account, need_admin, need_write
 
 PUT_FIELDS = (
     "access_token",
@@ -184,3 +186,27 @@ def delete_api_token(name: str) -> ResponseReturnValue:
     if not ApiTokens(ctx().settings, ctx().redis).remove(name):
         return error(404, "not_found", f"no API token named {name!r}")
     return flask.jsonify({"removed": name})
+
+
+@bp.delete("/people/<igsid>")
+def forget_person(igsid: str) -> ResponseReturnValue:
+    """Forget a person on ``account`` (or, for an admin token over every account, on all of them).
+
+    200 ``{"accounts": [report...], "complete", "in_flight"}``; ``complete`` false: a send was in
+    flight, call again once it ended. 403: a viewer, or an account outside the token's scope.
+    """
+    from ..forget import check_igsid
+
+    need_write()
+    check_igsid(igsid)
+    account = flask.request.args.get("account") or None
+    accounts = _accounts()
+    if account is None:
+        need_account(None)  # every account: admin-wide tokens only
+        reports = accounts.forget_everywhere(igsid)
+    else:
+        reports = [accounts.forget(need_account(account) or account, igsid)]
+    in_flight = sum(r.in_flight for r in reports)
+    return flask.jsonify(
+        {"accounts": [r.to_dict() for r in reports], "complete": in_flight == 0, "in_flight": in_flight}
+    )

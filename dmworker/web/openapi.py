@@ -826,6 +826,53 @@ def _paths(spec: APISpec) -> None:
             ),
         },
     )
+    report = _obj(
+        {
+            "account": {"type": "string"},
+            "window": {"type": "integer", "description": "1 when a messaging window was recorded."},
+            "comments": {"type": "integer"},
+            "jobs_cancelled": {"type": "integer", "description": "Not yet sent: cancelled first."},
+            "jobs_removed": {"type": "integer", "description": "Payload and status deleted, any state."},
+            "dead_letters": {"type": "integer"},
+            "lanes": {"type": "integer"},
+            "in_flight": {"type": "integer", "description": "Being sent now: not removed."},
+            "complete": {"type": "boolean"},
+        },
+        ["account", "jobs_removed", "in_flight", "complete"],
+    )
+    forgotten = _obj(
+        {
+            "accounts": {"type": "array", "items": report},
+            "complete": {
+                "type": "boolean",
+                "description": "false: a send was in flight; call again once it has ended.",
+            },
+            "in_flight": {"type": "integer"},
+        },
+        ["accounts", "complete", "in_flight"],
+    )
+    spec.path(
+        "/v1/people/{igsid}",
+        parameters=[_param("igsid", "path", "The person's IGSID (1 to 32 digits).", pattern=_IGSID_PATTERN)],
+        operations={
+            "delete": scoped(
+                _op(
+                    "Forget a person (Meta data-deletion request): window, comments, jobs in any "
+                    "state and their texts, dead letters, lanes (admin, or a producer of the account)",
+                    (200, forgotten, "What was removed, per account"),
+                    422,
+                    parameters=[
+                        _param(
+                            "account",
+                            "query",
+                            "The account (empty or absent: every account; admin-wide tokens only).",
+                            pattern="^[A-Za-z0-9_-]{0,64}$",
+                        )
+                    ],
+                )
+            )
+        },
+    )
     spec.path(
         "/v1/api-tokens/{name}",
         parameters=[_param("name", "path", "The API token's name.")],

@@ -35,6 +35,7 @@ import flask
 from flask.typing import ResponseReturnValue
 
 from ..lifecycle import KEEP_INBOUND_MS
+from ..schemas.send import recipient_error
 from .context import WebContext, ctx, error
 
 log = logging.getLogger("dmworker.web.webhook")
@@ -203,7 +204,9 @@ def _messaging(web: WebContext, account: str, ev: Any, entry_ms: int | None) -> 
 
 
 def _comment(web: WebContext, account: str, change: Any, entry_ms: int | None) -> dict[str, Any] | None:
-    """Record a comment's time (HSETNX: the first delivery wins); the event if it is new."""
+    """Record a comment's time (HSETNX: the first delivery wins) and its author (the comments of
+    each author, kept 7 days after their last one, so the person can be forgotten); the event if
+    it is new."""
     if not isinstance(change, dict) or change.get("field") != "comments":
         return None
     value = change.get("value")
@@ -218,7 +221,12 @@ def _comment(web: WebContext, account: str, change: Any, entry_ms: int | None) -
     k = web.store.acct(account)
     if not web.redis.hsetnx(k.comments, comment_id, ts):
         return None
-    web.redis.zadd(k.comment_times, {comment_id: ts}, nx=True)  # forgotten 7 days after the comment
+    pipe = web.redis.pipeline(transaction=False)
+    pipe.zadd(k.comment_times, {comment_id: ts}, nx=True)  # forgotten 7 days after the comment
+    if user and recipient_error("text", user) is None:
+        pipe.sadd(k.comment_authors(user), comment_id)
+        pipe.pexpire(k.comment_authors(user), KEEP_INBOUND_MS)
+    pipe.execute()
     return {"account": account, "user": user, "kind": "comment", "timestamp_ms": ts, "event": change}
 
 
