@@ -1,8 +1,9 @@
 """dmworker's Celery app: ``celery -A dmworker.celery_app worker`` (or ``dmworker worker``).
 
-Celery is transport only.  The one task, ``dmworker.process_lane(account, recipient)``, means
-"lane X may have work"; the lane itself (jobs, order, attempts, waits) lives in Redis, so a
-lost or duplicated Celery message never loses, duplicates or reorders a send.  JSON only, late
+Celery is transport only.  The one task, ``dmworker.process_lane(account, ref)``, means
+"lane X may have work" (``ref`` is the lane's sealed reference, :mod:`dmworker.laneref`: a
+message never carries the recipient); the lane itself (jobs, order, attempts, waits) lives in
+Redis, so a lost or duplicated Celery message never loses, duplicates or reorders a send.  JSON only, late
 acks, no result backend.  Configuration is read from the environment when the app is first
 configured, not at import.  Each worker process also runs a dispatcher thread (promotes due
 follow-ups, wakes waiting lanes) unless ``DMWORKER_EMBEDDED_SCHEDULER=false``.
@@ -19,6 +20,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from . import redisconn
 from .keys import Keys
+from .laneref import LaneRefError, LaneRefs, is_ref, refs_for
 from .runtime import get_runtime, set_runtime
 from .settings import Settings
 
@@ -115,8 +117,24 @@ _producer_lock = threading.Lock()
 
 
 def publish(account: str, recipient: str) -> None:
-    """Tell the workers that lane (account, recipient) has work."""
-    process_lane.apply_async((account, recipient))
+    """Tell the workers that lane (account, recipient) has work (the message carries a sealed
+    lane reference, not the recipient: :mod:`dmworker.laneref`).
+
+    Raises:
+        kombu/Celery errors when the broker cannot be reached; redis errors when the lane
+        reference key must be read from Redis and Redis cannot be reached.
+    """
+    rt = get_runtime()
+    ref = _refs(rt.settings, rt.redis).seal(account, recipient)
+    process_lane.apply_async((account, ref))
+
+
+def _refs(settings: Settings, client: Any = None) -> LaneRefs:
+    """The lane references of ``settings`` (the Redis key is read through ``client`` or the
+    process's shared client of ``settings``, only when needed)."""
+    return refs_for(
+        settings, (lambda: client) if client is not None else (lambda: redisconn.client(settings))
+    )
 
 
 def producer_app(settings: Settings) -> Celery:
@@ -138,26 +156,48 @@ def producer_app(settings: Settings) -> Celery:
 
 
 def publish_lanes(settings: Settings, lanes: list[tuple[str, str]]) -> None:
-    """Publish one lane message per ``(account, lane)`` on ``settings``' broker, one connection.
+    """Publish one lane message per ``(account, lane)`` on ``settings``' broker, one connection
+    (each carries the lane's sealed reference, not the lane name).
 
     Raises:
         kombu/Celery errors when the broker cannot be reached (the caller logs; the dispatcher
-        publishes the lanes after DMWORKER_DISPATCH_GRACE_MS anyway).
+        publishes the lanes after DMWORKER_DISPATCH_GRACE_MS anyway); redis errors when the lane
+        reference key must be read from Redis and Redis cannot be reached.
     """
     producer_celery = producer_app(settings)
     queue = Keys(settings.key_prefix).celery_queue
+    refs = _refs(settings)
+    sealed = [(a, refs.seal(a, r)) for a, r in lanes]
     with producer_celery.producer_or_acquire() as producer:
-        for a, r in lanes:
-            producer_celery.send_task(TASK, args=(a, r), queue=queue, producer=producer)
+        for a, ref in sealed:
+            producer_celery.send_task(TASK, args=(a, ref), queue=queue, producer=producer)
 
 
 @app.task(name=TASK, acks_late=True, ignore_result=True)
-def process_lane(account: str, recipient: str) -> dict[str, Any]:
-    """Deliver what lane (account, recipient) holds; returns what the visit did (Flower shows it):
-    ``{"ended": "empty" | "wait" | "yield" | ..., "sent": n, "failed": n, "waiting_until_ms": ...}``."""
+def process_lane(account: str, ref: str) -> dict[str, Any]:
+    """Deliver what the lane of ``account`` sealed in ``ref`` holds; returns what the visit did
+    (Flower shows it; never the recipient):
+    ``{"ended": "empty" | "wait" | "yield" | ..., "sent": n, "failed": n, "waiting_until_ms": ...}``.
+
+    ``ref`` is a lane reference (:mod:`dmworker.laneref`), or a plain lane name from a process
+    not yet upgraded.  A reference that does not open is logged (without it) and dropped:
+    ``{"ended": "bad_ref"}`` (the dispatcher publishes every waiting lane from Redis anyway).
+    """
     from .worker import LaneWorker
 
     rt = get_runtime()
+    if is_ref(ref):
+        try:
+            recipient = _refs(rt.settings, rt.redis).open(account, ref)
+        except LaneRefError:
+            log.warning(
+                "a lane message was dropped: its lane reference does not open under this "
+                "deployment's keys (altered, or sealed with another DMWORKER_SECRET_KEY)",
+                extra={"account": account},
+            )
+            return {"ended": "bad_ref"}
+    else:
+        recipient = ref  # the older form, published by a process not yet upgraded
     worker = _lane_worker()
     if worker is None or worker.store is not rt.store:
         worker = _set_lane_worker(LaneWorker(rt.settings, rt.store))

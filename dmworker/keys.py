@@ -26,7 +26,6 @@ Per account ``A`` (prefix ``P``, default ``dmw``)::
     P:{A}:wint            ZSET  recipient -> the same ms (windows are forgotten after 7 days)
     P:{A}:cmt             HASH  comment id -> ms of the comment / "used"
     P:{A}:cmtt            ZSET  comment id -> ms of the comment (forgotten after 7 days)
-    P:{A}:cmta:<r>        SET   comment ids whose author is r (EX 7 days after r's last comment)
     P:{A}:usage           HASH  last usage headers seen (call_count, ...)
     P:{A}:stats           HASH  counters (accepted, sent, failed, retried, throttled, ...)
     P:{A}:seen            STR-per-event via P:{A}:evt:<mid> (webhook de-duplication, EX 48 h)
@@ -38,6 +37,7 @@ Global (never used inside a script together with account keys)::
     P:housekeep           ZSET  account -> ms its trimming is next due (only accounts with data)
     P:reauth              ZSET  account -> ms Meta refused its token (checked for a new token)
     P:refused             HASH  enqueue refusals by reason (validation, window, key_exists, ...)
+    P:laneref             STR   random key sealing lane references (dmworker.laneref; no SECRET_KEY)
 
 The first eight keys of an account (:meth:`AccountKeys.block`) are the *account block* every
 script built on the lifecycle prelude takes as ``KEYS[1..8]`` (see ``lua/_lifecycle.lua``).
@@ -87,10 +87,6 @@ class AccountKeys:
     @property
     def comment_times(self) -> str:
         return f"{self.base}:cmtt"
-
-    def comment_authors(self, author: str) -> str:
-        """The comments ``author`` wrote (found by :func:`dmworker.forget.forget_person`)."""
-        return f"{self.base}:cmta:{author}"
 
     def block(self) -> list[str]:
         """The account block: ``KEYS[1..8]`` of every lifecycle script, in this order."""
@@ -188,6 +184,11 @@ class Keys:
     @property
     def refused(self) -> str:
         return f"{self.prefix}:refused"
+
+    @property
+    def laneref(self) -> str:
+        """The random key that seals lane references when ``DMWORKER_SECRET_KEY`` is unset."""
+        return f"{self.prefix}:laneref"
 
     @property
     def celery_queue(self) -> str:
