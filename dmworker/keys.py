@@ -26,6 +26,7 @@ Per account ``A`` (prefix ``P``, default ``dmw``)::
     P:{A}:wint            ZSET  recipient -> the same ms (windows are forgotten after 7 days)
     P:{A}:cmt             HASH  comment id -> ms of the comment / "used"
     P:{A}:cmtt            ZSET  comment id -> ms of the comment (forgotten after 7 days)
+    P:{A}:cmta:<r>        SET   comment ids whose author is r (EX 7 days after r's last comment)
     P:{A}:usage           HASH  last usage headers seen (call_count, ...)
     P:{A}:stats           HASH  counters (accepted, sent, failed, retried, throttled, ...)
     P:{A}:seen            STR-per-event via P:{A}:evt:<mid> (webhook de-duplication, EX 48 h)
@@ -87,6 +88,10 @@ class AccountKeys:
     @property
     def comment_times(self) -> str:
         return f"{self.base}:cmtt"
+
+    def comment_authors(self, author: str) -> str:
+        """The comments ``author`` wrote (found by :func:`dmworker.forget.forget_person`)."""
+        return f"{self.base}:cmta:{author}"
 
     def block(self) -> list[str]:
         """The account block: ``KEYS[1..8]`` of every lifecycle script, in this order."""
