@@ -276,7 +276,14 @@ class Enqueuer:
         now = self.clock()
         wall = now if now is not None else int(time.time() * 1000)
 
+        # replace=True may cancel an earlier unit: that writes events (consumers read marked accounts)
+        replacing = (
+            {p.account for p in prepared if p.opts.get("replace")} if self.store.events_keep_ms else set()
+        )
+
         def build(pipe: Any) -> None:
+            if replacing:
+                pipe.zadd(self.store.keys.events_active, dict.fromkeys(replacing, wall))
             if new_accounts:
                 pipe.sadd(self.store.keys.accounts, *new_accounts)
                 # retention: each account with data is trimmed at the latest a retention from now
@@ -304,7 +311,7 @@ class Enqueuer:
 
         replies = scripts.execute_pipeline(self.redis, build)
         self._known_accounts |= new_accounts
-        replies = replies[2:] if new_accounts else replies
+        replies = replies[(2 if new_accounts else 0) + (1 if replacing else 0) :]
         out: list[Job] = []
         to_publish: list[tuple[str, str]] = []
         refusal: Exception | None = None

@@ -113,6 +113,12 @@ class JobStatus:
             raw=st,
         )
 
+    @property
+    def timeline(self) -> list[list[Any]]:
+        """The job's history ``[ms, what, detail(, count)]``, oldest first (see Outbox.timeline)."""
+        history = self.raw.get("history")
+        return [list(h) for h in history] if isinstance(history, list) else []
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (the HTTP API and the CLI print this)."""
         out: dict[str, Any] = {
@@ -132,6 +138,8 @@ class JobStatus:
             "dead_lettered": self.dead_lettered,
             "expires_at_ms": self.expires_at_ms,
             "ended_ms": self.ended_ms,
+            "seen_ms": _int(self.raw.get("seen_ms")),
+            "timeline": self.timeline,
             "last_error": None,
         }
         if self.last_error is not None:

@@ -26,6 +26,9 @@ Per account ``A`` (prefix ``P``, default ``dmw``)::
     P:{A}:wint            ZSET  recipient -> the same ms (windows are forgotten after 7 days)
     P:{A}:cmt             HASH  comment id -> ms of the comment / "used"
     P:{A}:cmtt            ZSET  comment id -> ms of the comment (forgotten after 7 days)
+    P:{A}:mids            HASH  Meta's message id -> job id (find a job by message id; trimmed with it)
+    P:{A}:unseen          ZSET  "<lane>|<sent ms>|<job id>" (score 0, lex range): sent, not yet seen
+    P:{A}:events          STREAM  the account's events (dmworker.events), kept DMWORKER_EVENTS_RETENTION_S
     P:{A}:cmta:<r>        SET   comment ids whose author is r (EX 7 days after r's last comment)
     P:{A}:usage           HASH  last usage headers seen (call_count, ...)
     P:{A}:stats           HASH  counters (accepted, sent, failed, retried, throttled, ...)
@@ -38,10 +41,13 @@ Global (never used inside a script together with account keys)::
     P:housekeep           ZSET  account -> ms its trimming is next due (only accounts with data)
     P:reauth              ZSET  account -> ms Meta refused its token (checked for a new token)
     P:refused             HASH  enqueue refusals by reason (validation, window, key_exists, ...)
+    P:events:active       ZSET  account -> ms it last wrote an event (event consumers read these)
+    P:events:dead         ZSET  "<account>/<event id>" -> ms: callbacks given up (dmworker.callbacks)
     P:laneref             STR   random key sealing lane references (dmworker.laneref; no SECRET_KEY)
 
 The first eight keys of an account (:meth:`AccountKeys.block`) are the *account block* every
-script built on the lifecycle prelude takes as ``KEYS[1..8]`` (see ``lua/_lifecycle.lua``).
+script built on the lifecycle prelude takes as ``KEYS[1..8]``; ``mids``, ``unseen`` and ``events``
+come last (:meth:`AccountKeys.tail`; see ``lua/_lifecycle.lua``).
 """
 
 from __future__ import annotations
@@ -82,6 +88,18 @@ class AccountKeys:
         return f"{self.base}:cor"
 
     @property
+    def mids(self) -> str:
+        return f"{self.base}:mids"
+
+    @property
+    def unseen(self) -> str:
+        return f"{self.base}:unseen"
+
+    @property
+    def events(self) -> str:
+        return f"{self.base}:events"
+
+    @property
     def window_times(self) -> str:
         return f"{self.base}:wint"
 
@@ -92,6 +110,10 @@ class AccountKeys:
     def comment_authors(self, author: str) -> str:
         """The comments ``author`` wrote (found by :func:`dmworker.forget.forget_person`)."""
         return f"{self.base}:cmta:{author}"
+
+    def tail(self) -> list[str]:
+        """The last three KEYS of every lifecycle script, in this order."""
+        return [self.mids, self.unseen, self.events]
 
     def block(self) -> list[str]:
         """The account block: ``KEYS[1..8]`` of every lifecycle script, in this order."""
@@ -185,6 +207,10 @@ class Keys:
     @property
     def reauth(self) -> str:
         return f"{self.prefix}:reauth"
+
+    @property
+    def events_active(self) -> str:
+        return f"{self.prefix}:events:active"
 
     @property
     def refused(self) -> str:

@@ -11,6 +11,7 @@ Every method takes ``now_ms`` (``None`` = the Redis server's clock) so tests inj
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,11 @@ class LaneStore:
         retention = [s.retention_s * 1000, s.dlq_retention_s * 1000, s.dlq_max]
         return [*self.acct(account).block(), *keys], retention
 
+    @property
+    def events_keep_ms(self) -> int:
+        """How long events are kept (ms); 0 = no events are written."""
+        return int(self.settings.events_retention_s * 1000)
+
     def _run(
         self,
         name: str,
@@ -95,9 +101,21 @@ class LaneStore:
         args: Sequence[Any],
         now_ms: int | None,
         pipe: Any = None,
+        emits: bool = True,
     ) -> Any:
+        """Run lifecycle script ``name``; when it may write events (``emits``), the account is
+        marked in ``P:events:active`` in the same round trip (consumers read only marked accounts)."""
         all_keys, leading = self._life(account, *keys)
-        return scripts.run(self.redis, name, all_keys, [*leading, *args], now_ms, pipe=pipe)
+        all_keys += self.acct(account).tail()
+        argv = [*leading, *args, self.events_keep_ms]
+        if pipe is not None or not emits or not self.events_keep_ms:
+            return scripts.run(self.redis, name, all_keys, argv, now_ms, pipe=pipe)
+
+        def build(p: Any) -> None:  # the account is marked as having new events, same round trip
+            scripts.run(self.redis, name, all_keys, argv, now_ms, pipe=p)
+            p.zadd(self.keys.events_active, {account: int(time.time() * 1000)})
+
+        return scripts.execute_pipeline(self.redis, build)[0]
 
     # ------------------------------------------------------------------ producer side
     def enqueue(
@@ -277,7 +295,7 @@ class LaneStore:
         ]
         for klass in RATE_CLASSES:
             args += [klass, s.rate_for(account, klass).interval_us]
-        reply = self._run("step", account, keys, args, now_ms)
+        reply = self._run("step", account, keys, args, now_ms, emits=bool(prev_id))
         tag = reply[0]
         if tag == "job":
             return Step(
@@ -353,6 +371,7 @@ class LaneStore:
             [k.windows, k.window_times, k.comments, k.comment_times],
             [batch, KEEP_INBOUND_MS],
             now_ms,
+            emits=False,
         )
         nxt = int(reply[1])
         return TrimResult(int(reply[0]), None if nxt < 0 else nxt, bool(int(reply[2])))
@@ -373,11 +392,14 @@ class LaneStore:
         """
         k = self.acct(account)
         fp = token_fingerprint(token) if token else ""
+        keys, keep = [k.pause, k.ready, k.events], self.events_keep_ms
         lifted, woken, left = (
-            int(x) for x in scripts.run(self.redis, "resume", [k.pause, k.ready], [mode, fp, batch], now_ms)
+            int(x) for x in scripts.run(self.redis, "resume", keys, [mode, fp, batch, keep], now_ms)
         )
+        if lifted and keep:
+            self.redis.zadd(self.keys.events_active, {account: int(time.time() * 1000)})
         while left > 0 and lifted:
-            got = scripts.run(self.redis, "resume", [k.pause, k.ready], ["wake", "", batch], now_ms)
+            got = scripts.run(self.redis, "resume", keys, ["wake", "", batch, keep], now_ms)
             woken, left = woken + int(got[1]), int(got[2])
             if int(got[1]) == 0:
                 break
@@ -413,6 +435,34 @@ class LaneStore:
         for batch in _batches(ids, 500):
             n += self.end_jobs(account, batch, state=state, why="account_removed", message=reason)
         return n
+
+    def seen(
+        self,
+        account: str,
+        user: str,
+        *,
+        message_id: str | None = None,
+        watermark_ms: int | None = None,
+        now_ms: int | None = None,
+    ) -> list[str]:
+        """The user saw our messages up to ``message_id`` (or up to ``watermark_ms``): those sent jobs
+        become ``seen`` (``job.seen`` events).  Returns their ids."""
+        if (message_id is None) == (watermark_ms is None):
+            raise ValueError("give message_id or watermark_ms")
+        args = [user, message_id or "", "" if watermark_ms is None else int(watermark_ms)]
+        return list(self._run("seen", account, [], args, now_ms)[1:])
+
+    def observe(
+        self, account: str, message_id: str, what: str, detail: str = "", now_ms: int | None = None
+    ) -> str:
+        """Note ``what`` (``echo``, ``reaction``) on the timeline of the job that sent ``message_id``;
+        returns its id, or '' when the message is not one of ours."""
+        return str(self._run("observe", account, [], [message_id, what, detail], now_ms, emits=False) or "")
+
+    def find(self, account: str, message_id: str) -> str | None:
+        """The id of the job that sent Meta's ``message_id`` (while it is retained)."""
+        got = self.redis.hget(self.acct(account).mids, message_id)
+        return str(got) if got else None
 
     def limit(self, account: str, klass: str, now_ms: int | None = None) -> tuple[bool, int]:
         """One limiter decision outside a lane: (allowed, microseconds to wait)."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Literal, TypedDict
 
-State = Literal["scheduled", "queued", "waiting", "sending", "sent", "failed", "cancelled", "expired"]
+State = Literal["scheduled", "queued", "waiting", "sending", "sent", "seen", "failed", "cancelled", "expired"]
 
 STATES: tuple[State, ...] = (
     "scheduled",
@@ -40,6 +40,7 @@ STATES: tuple[State, ...] = (
     "waiting",
     "sending",
     "sent",
+    "seen",
     "failed",
     "cancelled",
     "expired",
@@ -47,7 +48,7 @@ STATES: tuple[State, ...] = (
 #: States a job can still be cancelled in (it has not been handed to a worker).
 LIVE_STATES: frozenset[str] = frozenset({"scheduled", "queued", "waiting"})
 #: End states: the job will not change again (except a dead letter's replay).
-END_STATES: frozenset[str] = frozenset({"sent", "failed", "cancelled", "expired"})
+END_STATES: frozenset[str] = frozenset({"sent", "seen", "failed", "cancelled", "expired"})
 
 #: Every allowed transition (from, to): the Lua scripts make no other.
 TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
@@ -62,6 +63,7 @@ TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
         ("waiting", "cancelled"),
         ("waiting", "expired"),
         ("sending", "sent"),
+        ("sent", "seen"),  # the user saw it (webhook messaging_seen)
         ("sending", "failed"),
         ("sending", "waiting"),  # retry, throttle, token refused
         ("sending", "sending"),  # its worker died: handed out again (in doubt)
@@ -106,7 +108,10 @@ class StatusRecord(TypedDict, total=False):
     next_attempt_ms: int
     promoted_ms: int
     sent_ms: int
+    seen_ms: int
     ended_ms: int
+    kind: str  # the job's kind (text, media, ...)
+    history: list[list[object]]  # the timeline: [ms, what, detail, (count)], bounded
     message_id: str
     error: JobErrorRecord
     dead_lettered: bool

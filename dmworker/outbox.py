@@ -193,6 +193,35 @@ class Outbox(Enqueuer):
             raise JobNotFoundError(job_id)
         return JobStatus.from_redis(job_id, account, st[0], job)
 
+    def timeline(self, job_id: str) -> list[list[Any]]:
+        """The job's history: ``[ms, what, detail(, count)]`` entries, oldest first — accepted,
+        scheduled, promoted, each attempt, its outcome (retry with the error code, throttled,
+        token_refused), waits (rate, hold, paused:<reason>, probe; a repeat counts up), the end
+        state, seen, echo, reaction.  Bounded: the first entry and the latest ones.
+
+        Raises:
+            JobNotFoundError: unknown id, or its retention has passed.
+        """
+        return self.status(job_id).timeline
+
+    def find(self, message_id: str, account: str | None = None) -> JobStatus:
+        """The job that sent Meta's ``message_id`` (in ``account``, else in every account).
+
+        Raises:
+            JobNotFoundError: no retained job sent it.
+        """
+        try:
+            accounts = [account] if account else sorted(self.redis.smembers(self.store.keys.accounts))
+            pipe = self.redis.pipeline(transaction=False)
+            for a in accounts:
+                pipe.hget(self.store.acct(a).mids, message_id)
+            found = [jid for jid in pipe.execute() if jid]
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise RedisUnavailableError(f"Redis is unreachable: {e}") from None
+        if not found:
+            raise JobNotFoundError(f"message_id={message_id}")
+        return self.status(found[0])
+
     def cancel(
         self, job_id: str | None = None, *, key: str | None = None, account: str | None = None
     ) -> bool:

@@ -32,9 +32,13 @@ NAMES = (
     "resume",
     "end_jobs",
     "claim",
+    "seen",
+    "observe",
 )
 #: The scripts built on the lifecycle prelude (account block in KEYS[1..8], retention in ARGV[2..4]).
-LIFECYCLE = frozenset({"enqueue", "step", "promote", "cancel", "inbound", "replay", "trim", "end_jobs"})
+LIFECYCLE = frozenset(
+    {"enqueue", "step", "promote", "cancel", "inbound", "replay", "trim", "end_jobs", "seen", "observe"}
+)
 
 _lock = threading.Lock()
 _registered: dict[int, dict[str, Script]] = {}

@@ -151,6 +151,7 @@ class Settings:
     dlq_retention_s: int = 30 * 86_400
     dlq_max: int = 100_000
     usage_decay_s: float = 300.0
+    events_retention_s: int = 86_400
     scheduler_tick_ms: int = 50
     embedded_scheduler: bool = True
     lane_batch: int = 50
@@ -292,6 +293,7 @@ class Settings:
             dlq_retention_s=r.int_("DMWORKER_DLQ_RETENTION_S", 30 * 86_400),
             dlq_max=r.int_("DMWORKER_DLQ_MAX", 100_000),
             usage_decay_s=r.float_("DMWORKER_USAGE_DECAY_S", 300.0),
+            events_retention_s=r.int_("DMWORKER_EVENTS_RETENTION_S", 86_400, minimum=0),
             scheduler_tick_ms=r.int_("DMWORKER_SCHEDULER_TICK_MS", 50),
             embedded_scheduler=r.bool_("DMWORKER_EMBEDDED_SCHEDULER", True),
             lane_batch=r.int_("DMWORKER_LANE_BATCH", 50),

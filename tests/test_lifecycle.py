@@ -125,7 +125,7 @@ def test_an_event_older_than_the_dedupe_window_cancels_nothing(outbox, store):
 
 def test_cancelled_followups_are_forgotten_after_the_retention(lsettings, rdb):
     # Given a retention of 3 s and 3,000 follow-ups scheduled then cancelled
-    s = lsettings.with_overrides(retention_s=3)
+    s = lsettings.with_overrides(retention_s=3, events_retention_s=0)  # events: their own retention
     store, ob = LaneStore(s, rdb), Outbox(settings=s, client=rdb, publish=lambda a, r: None)
     k = store.acct(ACCOUNT)
     ob.send_text("9107", "warm-up")  # the account's bookkeeping keys exist before we measure

@@ -24,7 +24,11 @@ NEW_TOKEN = "IGAAtest-token-secret-value-0001-renewed"
 
 @pytest.fixture
 def sim(settings, rdb, sandbox):
-    s = settings.with_overrides(window_policy="trust", retention_s=7 * 86400, dlq_retention_s=30 * 86400)
+    # events are kept by age on the Redis server's clock, which simulated time cannot move: off here
+    # (tests/test_events.py covers them)
+    s = settings.with_overrides(
+        window_policy="trust", retention_s=7 * 86400, dlq_retention_s=30 * 86400, events_retention_s=0
+    )
     sandbox.set_enforce_windows(False)
     sm = Sim(s, rdb, rdb.time()[0] * 1000)
     yield sm

@@ -8,12 +8,63 @@
 --   KEYS[7] stats  KEYS[8] cor
 --   ARGV[1] now override   ARGV[2] retention ms   ARGV[3] dead-letter retention ms
 --   ARGV[4] dead-letter cap (count)
+-- and, LAST, three keys and one argument this prelude takes off (so each script's own KEYS and ARGV
+-- read as its header says): KEYS[#KEYS-2] mids (message id -> job id), KEYS[#KEYS-1] unseen (sent
+-- jobs not yet seen: "<lane>|<sent ms, 13 digits>|<job id>", by lex range), KEYS[#KEYS] events (the
+-- account's event stream); ARGV[#ARGV] how long events are kept, ms (0 = no events).
+local EVENTS, UNSEEN, MIDS = table.remove(KEYS), table.remove(KEYS), table.remove(KEYS)
+local EVENTS_KEEP_MS = tonumber(table.remove(ARGV))
 local K = {jobs = KEYS[1], st = KEYS[2], sched = KEYS[3], fkey = KEYS[4], done = KEYS[5],
-  dlq = KEYS[6], stats = KEYS[7], cor = KEYS[8]}
+  dlq = KEYS[6], stats = KEYS[7], cor = KEYS[8], mids = MIDS, unseen = UNSEEN, events = EVENTS}
+local ACCOUNT = string.match(KEYS[1], '{(.-)}') or ''
 local RETENTION_MS, DLQ_RETENTION_MS, DLQ_MAX = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local LIVE = {scheduled = true, queued = true, waiting = true}
-local FINAL = {sent = true, failed = true, cancelled = true, expired = true}
+local FINAL = {sent = true, failed = true, cancelled = true, expired = true, seen = true}
+local HISTORY_MAX = 24
 local function I(x) return string.format('%d', x) end
+
+-- an event, written in the same call as the change it reports (XADD to the account's stream, trimmed
+-- by age on the server's clock: MINID)
+local function emit(event)
+  if EVENTS_KEEP_MS <= 0 then return end
+  local t = redis.call('TIME')
+  local server_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  event.account = ACCOUNT; event.created_ms = now_ms
+  redis.call('XADD', K.events, 'MINID', '~', I(server_ms - EVENTS_KEEP_MS), '*', 'e', cjson.encode(event))
+end
+
+-- the job's timeline, kept in its status record (bounded: the first entry and the latest ones; a
+-- repeat of the last entry only counts up): {ms, what, detail, count}
+local function note(st, what, detail)
+  local h = st.history or {}
+  local last = h[#h]
+  detail = detail or ''
+  if last and last[2] == what and last[3] == detail then
+    last[4] = (last[4] or 1) + 1
+  else
+    h[#h + 1] = {now_ms, what, detail}
+    if #h > HISTORY_MAX then table.remove(h, 2) end
+  end
+  st.history = h
+end
+
+local function recipient_of(st)
+  local lane = st.lane or ''
+  if st.kind == 'private_reply' and string.sub(lane, 1, 2) == 'c:' then return string.sub(lane, 3) end
+  return lane
+end
+
+local function job_event(kind, id, st, extra)
+  local ev = {type = kind, job_id = id, recipient = recipient_of(st), kind = st.kind or cjson.null,
+    state = st.state, message_id = st.message_id or cjson.null, attempts = st.attempts or 0,
+    error = st.error or cjson.null}
+  for k, v in pairs(extra or {}) do ev[k] = v end
+  emit(ev)
+end
+
+local function unseen_member(st, id)
+  return (st.lane or '') .. '|' .. string.format('%013d', tonumber(st.sent_ms or 0)) .. '|' .. id
+end
 
 -- status records written before the field names were spelled out (one-letter names) still load
 local OLD_NAMES = {s = 'state', a = 'attempts', rc = 'rate_class', c = 'created_ms', u = 'updated_ms',
@@ -69,6 +120,12 @@ local function trim_some(now, limit)
   for _, idx in ipairs({{K.done, RETENTION_MS}, {K.dlq, DLQ_RETENTION_MS}}) do
     local old = redis.call('ZRANGEBYSCORE', idx[1], '-inf', now - idx[2], 'LIMIT', 0, limit)
     for _, id in ipairs(old) do
+      local raw = redis.call('HGET', K.st, id)
+      if raw then
+        local st = cjson.decode(raw)
+        if type(st.message_id) == 'string' then redis.call('HDEL', K.mids, st.message_id) end
+        if st.state == 'sent' then redis.call('ZREM', K.unseen, unseen_member(st, id)) end
+      end
       redis.call('HDEL', K.jobs, id)
       redis.call('HDEL', K.st, id)
       redis.call('ZREM', idx[1], id)
@@ -85,6 +142,12 @@ local function finish(id, st, state, err, dead, now)
   st.state = state; st.updated_ms = now; st.ended_ms = now
   st.holder = nil; st.next_attempt_ms = nil
   if err then st.error = err end
+  local mid = type(st.message_id) == 'string' and st.message_id or nil  -- typing: no message id
+  note(st, state, err and err.kind or mid)
+  if state == 'sent' then
+    if mid then redis.call('HSET', K.mids, mid, id) end
+    redis.call('ZADD', K.unseen, 0, unseen_member(st, id))
+  end
   redis.call('ZREM', K.sched, id)
   if st.cancel_on_reply then redis.call('ZREM', K.cor, cor_member(st, id)) end
   if dead then
@@ -106,6 +169,7 @@ local function finish(id, st, state, err, dead, now)
   end
   st_put(id, st)
   release_key(id, st)
+  job_event('job.' .. state, id, st, state == 'cancelled' and {why = err and err.kind or 'cancelled'} or nil)
   trim_some(now, 2)  -- every ending pays for up to two old ones: trimming keeps up with any send rate
 end
 

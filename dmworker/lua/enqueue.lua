@@ -70,8 +70,10 @@ for i = 1, n do
   ids[#ids + 1] = id
   redis.call('HSET', K.jobs, id, arg(i, 2))
   local st = {state = scheduled and 'scheduled' or 'queued', attempts = 0, rate_class = arg(i, 3),
-    lane = lane, created_ms = now_ms, updated_ms = now_ms, due_ms = due, expires_at_ms = expires,
-    ttl_ms = ttl_ms, group = group, group_size = group and n or nil}
+    kind = cjson.decode(arg(i, 2)).kind, lane = lane, created_ms = now_ms, updated_ms = now_ms,
+    due_ms = due, expires_at_ms = expires, ttl_ms = ttl_ms, group = group, group_size = group and n or nil}
+  note(st, 'accepted')
+  if scheduled then note(st, 'scheduled', I(due)) end
   if key ~= '' then st.key = key end
   if ARGV[11] == '1' then
     st.cancel_on_reply = true

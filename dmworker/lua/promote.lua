@@ -14,6 +14,7 @@ for i = 1, n do
         finish(id, st, 'expired', {kind = 'expired', message = 'not sent before it expired'}, false, now_ms)
       else
         st.state = 'queued'; st.updated_ms = now_ms; st.promoted_ms = now_ms
+        note(st, 'promoted')
         st_put(id, st)
         redis.call('RPUSH', KEYS[9 + i], id)
         promoted = promoted + 1

@@ -11,6 +11,7 @@ st.state = 'queued'; st.attempts = 0; st.updated_ms = now_ms; st.due_ms = now_ms
 st.replays = (st.replays or 0) + 1
 st.dead_lettered = nil; st.holder = nil; st.next_attempt_ms = nil; st.ended_ms = nil
 st.expires_at_ms = now_ms + (st.ttl_ms or tonumber(ARGV[8]))
+note(st, 'replayed')
 st_put(id, st)
 redis.call('RPUSH', KEYS[9], id)
 local publish = 0

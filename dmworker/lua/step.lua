@@ -43,6 +43,8 @@ local function set_pause(untl, reason, fails, fp, detail)
   redis.call('HSET', KEYS[14], 'until', I(untl), 'reason', reason, 'probe', '', 'probe_until', '0',
     'token_fp', fp or '', 'fails', I(fails), 'detail', detail or '', 'since', I(now_ms))
   pause = read_pause()
+  emit({type = reason == 'token_invalid' and 'account.reauth_required' or 'account.paused',
+    reason = reason, until_ms = reason == 'token_invalid' and cjson.null or untl, detail = detail or ''})
 end
 
 -- 1. the outcome of the previous send (fenced by the holder token stored in the job status)
@@ -77,6 +79,7 @@ if prev ~= '' then
       finish(prev, st, 'failed', o.err, o.dead, now_ms)
     elseif o.o == 'retry' then
       st.state = 'waiting'; st.next_attempt_ms = now_ms + o.delay_ms
+      note(st, 'retry', o.err and (o.err.code or o.err.kind) and tostring(o.err.code or o.err.kind) or '')
       redis.call('HSET', KEYS[12], r, I(st.next_attempt_ms))
       redis.call('HINCRBY', K.stats, 'retried', 1)
       if was_probe then redis.call('DEL', KEYS[14]); pause = read_pause() end
@@ -97,6 +100,7 @@ if prev ~= '' then
       end
       st.state = 'waiting'; st.attempts = math.max(0, (st.attempts or 1) - 1)
       st.next_attempt_ms = pause.untl
+      note(st, 'throttled', o.reason or 'throttled')
       redis.call('HINCRBY', K.stats, 'throttled', 1)
       st_put(prev, st)
     elseif o.o == 'reauth' then
@@ -107,6 +111,7 @@ if prev ~= '' then
         set_pause(now_ms + PARK_MS, 'token_invalid', 0, fp, o.err and o.err.message)
       end
       st.state = 'waiting'; st.attempts = math.max(0, (st.attempts or 1) - 1); st.next_attempt_ms = nil
+      note(st, 'token_refused')
       redis.call('HINCRBY', K.stats, 'token_refused', 1)
       st_put(prev, st)
     end
@@ -155,6 +160,14 @@ for _ = 1, 1000 do
   st = nil
 end
 if not st then return wait(now_ms, 'skipped') end
+local head_id = id
+local plain_wait = wait
+-- from here on the lane waits for its head job: its timeline says why (once per reason in a row)
+wait = function(until_ms, why)
+  note(st, 'waiting', why)
+  st_put(head_id, st)
+  return plain_wait(until_ms, why)
+end
 
 -- 3. the account pause (throttle, policy block, refused token) and its single probe
 local probe = false
@@ -218,6 +231,7 @@ if thread_us > 0 then redis.call('HSET', KEYS[13], 'th:' .. r, I(now_us)) end
 local before = st.state
 st.state = 'sending'; st.attempts = (st.attempts or 0) + 1; st.holder = token; st.updated_ms = now_ms
 st.sending_since_ms = now_ms; st.next_attempt_ms = nil
+note(st, 'attempt', tostring(st.attempts))
 st_put(id, st)
 renew()
 redis.call('ZADD', KEYS[11], now_ms + lease_ms, r)

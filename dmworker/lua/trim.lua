@@ -8,6 +8,11 @@
 --          jobs still live (0/1)}
 local limit, keep = tonumber(ARGV[5]), tonumber(ARGV[6])
 local removed = trim_some(now_ms, limit)
+if redis.call('EXISTS', K.events) == 1 then  -- events older than their retention (the server's clock)
+  local t = redis.call('TIME')
+  local server_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  removed = removed + redis.call('XTRIM', K.events, 'MINID', I(server_ms - EVENTS_KEEP_MS))
+end
 for _, pair in ipairs({{KEYS[9], KEYS[10]}, {KEYS[11], KEYS[12]}}) do
   local old = redis.call('ZRANGEBYSCORE', pair[2], '-inf', now_ms - keep, 'LIMIT', 0, limit)
   for _, member in ipairs(old) do
@@ -41,6 +46,9 @@ local function consider(key, age)
 end
 consider(K.done, RETENTION_MS); consider(K.dlq, DLQ_RETENTION_MS)
 consider(KEYS[10], keep); consider(KEYS[12], keep)
+if redis.call('EXISTS', K.events) == 1 and (nxt < 0 or now_ms + EVENTS_KEEP_MS < nxt) then
+  nxt = now_ms + math.max(EVENTS_KEEP_MS, 1000)
+end
 if redis.call('HLEN', KEYS[9]) > redis.call('ZCARD', KEYS[10]) or
    redis.call('HLEN', KEYS[11]) > redis.call('ZCARD', KEYS[12]) then
   if nxt < 0 or now_ms + 60000 < nxt then nxt = now_ms + 60000 end  -- unindexed records remain

@@ -1,0 +1,116 @@
+"""Events: written by the same script call as the change, read through consumer groups; seen
+receipts; a job's timeline; finding a job by Meta's message id."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ACCOUNT, ACCOUNT2, TOKEN
+
+from dmworker.events import EventConsumer, read
+from dmworker.lanes import LaneStore
+from dmworker.outbox import Outbox
+from dmworker.settings import parse_rate
+from dmworker.worker import LaneWorker
+
+
+@pytest.fixture
+def env(settings, rdb, sandbox):
+    fast = {**settings.rates, "text": parse_rate("100000/s")}  # one lane visit sends them all
+    s = settings.with_overrides(window_policy="trust", rates=fast)
+    store = LaneStore(s, rdb)
+    ob = Outbox(settings=s, client=rdb, publish=lambda a, r: None)
+    w = LaneWorker(s, store)
+    yield s, store, ob, w
+    w.clients.close()
+
+
+def _types(events) -> list[str]:
+    return [e.type for e in events]
+
+
+def test_every_end_state_is_an_event_with_its_details(env, sandbox):
+    _s, store, ob, w = env
+    sandbox.open_window(ACCOUNT, "4001")
+    sent = ob.send_text("4001", "hello")
+    refused = ob.send_text("4002", "no window")  # Meta refuses: failed
+    cancelled = ob.send_text("4001", "later", delay=600, key="k")
+    ob.cancel(key="k")
+    w.run_lane(ACCOUNT, "4001")
+    w.run_lane(ACCOUNT, "4002")
+    events = {e.data["job_id"]: e for e in read(store, ACCOUNT)}
+    e = events[sent.id].data
+    assert e["type"] == "job.sent" and e["state"] == "sent" and e["kind"] == "text"
+    assert e["message_id"] == ob.status(sent.id).message_id and e["attempts"] == 1 and e["error"] is None
+    assert e["account"] == ACCOUNT and e["recipient"] == "4001" and e["id"].startswith(f"{ACCOUNT}/")
+    f = events[refused.id].data
+    assert f["type"] == "job.failed" and f["error"]["kind"] == "outside_window" and f["error"]["code"] == 10
+    c = events[cancelled.id].data
+    assert c["type"] == "job.cancelled" and c["why"] == "cancelled"
+    assert TOKEN not in str([x.data for x in events.values()])
+
+
+def test_a_refused_token_and_its_replacement_are_account_events(env, sandbox):
+    _s, store, ob, w = env
+    sandbox.open_window(ACCOUNT, "4101")
+    sandbox.revoke_token(TOKEN)
+    ob.send_text("4101", "x")
+    w.run_lane(ACCOUNT, "4101")
+    store.resume(ACCOUNT, mode="token", token="IGAAa-new-token")
+    types = _types(read(store, ACCOUNT))
+    assert types == ["account.reauth_required", "account.resumed"]
+
+
+def test_a_group_sees_each_event_once_and_an_unacknowledged_one_is_claimed(env, sandbox):
+    _s, store, ob, w = env
+    sandbox.open_windows(ACCOUNT, ["4201", "4202"])
+    sandbox.open_window(ACCOUNT2, "4203")
+    jobs = [ob.send_text("4201", "a"), ob.send_text("4202", "b"), ob.send_text("4203", "c", account=ACCOUNT2)]
+    for acct, r in ((ACCOUNT, "4201"), (ACCOUNT, "4202"), (ACCOUNT2, "4203")):
+        w.run_lane(acct, r)
+    one = EventConsumer("hooks", "one", store=store, claim_idle_ms=100)
+    two = EventConsumer("hooks", "two", store=store, claim_idle_ms=100)
+    other = EventConsumer("analytics", "x", store=store)
+    got = one.poll()
+    assert sorted(e.data["job_id"] for e in got) == sorted(j.id for j in jobs)
+    assert two.poll() == []  # the group's events went to "one"
+    assert len(other.poll()) == 3  # every group sees every event
+    one.ack(got[:2])
+    import time
+
+    time.sleep(0.15)  # the claim idle time (real: a pending entry's idle time is Redis' own clock)
+    claimed = two.claim()
+    assert [e.id for e in claimed] == [got[2].id]
+    assert two.ack(claimed) == 1 and two.claim() == []
+
+
+def test_seen_marks_every_message_up_to_the_one_seen(env, sandbox):
+    _s, store, ob, w = env
+    sandbox.open_window(ACCOUNT, "4301")
+    jobs = [ob.send_text("4301", f"m{i}") for i in range(10)]
+    w.run_lane(ACCOUNT, "4301")
+    mids = [ob.status(j.id).message_id for j in jobs]
+    assert all(mids)
+    seen = store.seen(ACCOUNT, "4301", message_id=mids[4])
+    assert seen == [j.id for j in jobs[:5]]
+    assert [ob.status(j.id).state for j in jobs] == ["seen"] * 5 + ["sent"] * 5
+    assert _types(read(store, ACCOUNT)).count("job.seen") == 5
+    assert store.seen(ACCOUNT, "4301", message_id=mids[2]) == []  # already seen: nothing new
+    assert store.seen(ACCOUNT, "4301", message_id="m_not_ours") == []
+
+
+def test_the_timeline_and_finding_a_job_by_message_id(env, sandbox):
+    _s, store, ob, w = env
+    sandbox.open_window(ACCOUNT, "4401")
+    sandbox.set_faults(ACCOUNT, next_n=1, kinds=["5xx"])
+    job = ob.send_text("4401", "hello")
+    w.run_lane(ACCOUNT, "4401")
+    w.store.redis.hdel(store.acct(ACCOUNT).hold, "4401")  # skip the backoff
+    w.run_lane(ACCOUNT, "4401")
+    st = ob.status(job.id)
+    assert st.state == "sent"
+    assert store.find(ACCOUNT, st.message_id) == job.id
+    assert store.observe(ACCOUNT, st.message_id, "echo") == job.id
+    what = [entry[1] for entry in ob.timeline(job.id)]
+    assert what == ["accepted", "attempt", "retry", "waiting", "attempt", "sent", "echo"]
+    assert ob.timeline(job.id)[3][2] == "hold"  # it waited out the backoff
+    assert ob.find(message_id=st.message_id).id == job.id
