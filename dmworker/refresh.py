@@ -201,6 +201,23 @@ class Refresher:
                 fields["fp"],
                 expires,
             )
+            self._event(rec.account, fields["fp"], expires)
+
+    def _event(self, account: str, fingerprint: Any, expires_s: float) -> None:
+        """``account.token_refreshed`` (the registry lives in its own hash slot, so this is a second
+        write after the token is stored, not the same call); never raises."""
+        from .events import emit
+        from .lanes import LaneStore
+
+        try:
+            emit(
+                LaneStore(self.settings, self.registry.redis),
+                account,
+                {"type": "account.token_refreshed", "token_fingerprint": fingerprint,
+                 "token_expires_at_ms": int(expires_s * 1000)},
+            )  # fmt: skip
+        except Exception:
+            log.warning("account %s: could not write the token_refreshed event", account, exc_info=True)
 
     def _failed(
         self, account: str, now: float, error: str, retry: bool, state: str = "failed", fp: str | None = None

@@ -114,3 +114,28 @@ def test_the_timeline_and_finding_a_job_by_message_id(env, sandbox):
     assert what == ["accepted", "attempt", "retry", "waiting", "attempt", "sent", "echo"]
     assert ob.timeline(job.id)[3][2] == "hold"  # it waited out the backoff
     assert ob.find(message_id=st.message_id).id == job.id
+
+
+def test_a_refreshed_token_is_an_account_event(settings, rdb, sandbox):
+    import time
+
+    from dmworker.accounts import Accounts
+    from dmworker.crypto import new_key
+    from dmworker.refresh import Refresher
+    from dmworker.runtime import live_settings
+
+    s = live_settings(settings.with_overrides(secret_keys=(new_key(),), accounts_refresh_s=0.01), rdb)
+    acct, tok = "17841400000000771", "IGAAevents-refresh-secret-0771"
+    t0 = time.time()
+    sandbox.add_token(tok, acct, issued_s=t0, expires_s=t0 + 60 * 86400)
+    Accounts(s, rdb).add(acct, tok, token_expires_at=t0 + 60 * 86400, token_issued_at=t0)
+    now = t0 + 54 * 86400  # inside the 7-day refresh horizon
+    sandbox.set_clock(now - time.time())
+    r = Refresher(s, rdb)
+    try:
+        r.run_once(now_s=now)
+    finally:
+        r.close()
+    events = read(LaneStore(s, rdb), acct)
+    assert [e.type for e in events] == ["account.token_refreshed"]
+    assert events[0].data["token_expires_at_ms"] > now * 1000 and tok not in str(events[0].data)
