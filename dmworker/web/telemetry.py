@@ -33,9 +33,11 @@ UNMATCHED = "unmatched"
 #: Outcomes of a webhook POST (``dmworker_webhook_requests_total{result}``).
 WEBHOOK_RESULTS = ("ok", "bad_signature", "bad_request", "ignored", "error")
 #: Events of accepted webhook POSTs (``dmworker_webhook_events_total{result}``): every event in the
-#: body, those recorded for the first time, and the rest (redeliveries, echoes, reads, events
-#: of accounts not configured here).
-WEBHOOK_EVENT_RESULTS = ("received", "new", "not_new")
+#: body (``received``), split into those recorded for the first time (``new``), redeliveries of
+#: events recorded before (``duplicate``), kinds dmworker does not record (``ignored``: echoes,
+#: reads, deliveries, unknown or malformed events, the account's own) and events of accounts this
+#: deployment does not serve (``unserved``); ``not_new`` is the sum of the last three.
+WEBHOOK_EVENT_RESULTS = ("received", "new", "duplicate", "ignored", "unserved", "not_new")
 #: Buckets of ``dmworker_http_request_duration_seconds`` (seconds).
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -68,7 +70,8 @@ class Telemetry:
         )
         self.webhook_events = Counter(
             "dmworker_webhook_events",
-            "Events in accepted webhook POSTs: received, new (first delivery), not_new.",
+            "Events in accepted webhook POSTs: received = new (first delivery) + duplicate (redelivered) "
+            "+ ignored (echo, read, unknown) + unserved (account not served here); not_new = the last three.",
             ["result"],
             registry=self.registry,
         )
@@ -77,13 +80,22 @@ class Telemetry:
         for result in WEBHOOK_EVENT_RESULTS:
             self.webhook_events.labels(result)
 
-    def webhook(self, result: str, received: int = 0, new: int = 0) -> None:
-        """Count one webhook POST (``result`` one of WEBHOOK_RESULTS) and its events."""
+    def webhook(
+        self,
+        result: str,
+        received: int = 0,
+        new: int = 0,
+        duplicate: int = 0,
+        ignored: int = 0,
+        unserved: int = 0,
+    ) -> None:
+        """Count one webhook POST (``result`` one of WEBHOOK_RESULTS) and its events by outcome."""
         self.webhook_requests.labels(result if result in WEBHOOK_RESULTS else "error").inc()
-        if received or new:
-            self.webhook_events.labels("received").inc(received)
-            self.webhook_events.labels("new").inc(new)
-            self.webhook_events.labels("not_new").inc(max(0, received - new))
+        counts = {"received": received, "new": new, "duplicate": duplicate, "ignored": ignored}
+        counts.update(unserved=unserved, not_new=max(0, received - new))
+        for label, n in counts.items():
+            if n:
+                self.webhook_events.labels(label).inc(n)
 
     def install(self, app: flask.Flask) -> None:
         """Time and count every request of ``app`` (also those answered by an error handler)."""

@@ -111,23 +111,33 @@ def receive() -> ResponseReturnValue:
         log.info("webhook ignored: object %r", str(body.get("object"))[:40])
         count("ignored")
         return {"received": 0, "new": 0}
-    received = 0
+    tally = dict.fromkeys(EVENT_OUTCOMES, 0)
     new: list[dict[str, Any]] = []
     ok = False
     try:
         for entry in _list(body.get("entry")):
             if isinstance(entry, dict):
-                received += _entry(web, entry, new)
+                for outcome, n in _entry(web, entry, new).items():
+                    tally[outcome] += n
         ok = True
     finally:  # Redis failing half-way (503, Meta redelivers): what was recorded still goes out
         for event in new:
             web.deliver(event)
-        count("ok" if ok else "error", received=received, new=len(new))
+        received = sum(tally.values())
+        count("ok" if ok else "error", received=received, **tally)
     return {"received": received, "new": len(new)}
 
 
-def _entry(web: WebContext, entry: Mapping[str, Any], out: list[dict[str, Any]]) -> int:
-    """Record one ``entry``: append its new events to ``out``; how many events it had."""
+#: What became of one event of a webhook POST: recorded for the first time (``new``), delivered
+#: before (``duplicate``), not a kind dmworker records (``ignored``: echo, read, delivery, unknown,
+#: malformed, the account's own), or for an account this deployment does not serve (``unserved``).
+EVENT_OUTCOMES = ("new", "duplicate", "ignored", "unserved")
+
+
+def _entry(web: WebContext, entry: Mapping[str, Any], out: list[dict[str, Any]]) -> dict[str, int]:
+    """Record one ``entry``: append its new events to ``out``; how many of its events had each
+    outcome (keys: :data:`EVENT_OUTCOMES`)."""
+    tally = dict.fromkeys(EVENT_OUTCOMES, 0)
     entry_id = str(entry.get("id", ""))
     messaging = _list(entry.get("messaging"))
     changes = _list(entry.get("changes"))
@@ -138,18 +148,35 @@ def _entry(web: WebContext, entry: Mapping[str, Any], out: list[dict[str, Any]])
             entry_id[:40] or "(no id)",
             seen,
         )
-        return seen
+        tally["unserved"] = seen
+        return tally
     account = entry_id
     _housekeep(web, account)
     for ev in messaging:
-        got = _messaging(web, account, ev, _ms(entry.get("time")))
+        outcome, got = _messaging(web, account, ev, _ms(entry.get("time")))
+        tally[outcome] += 1
         if got is not None:
             out.append(got)
     for change in changes:
         got = _comment(web, account, change, _ms(entry.get("time")))
         if got is not None:
+            tally["new"] += 1
             out.append(got)
-    return seen
+            continue
+        # not new: a redelivery of a comment (already recorded), or not a comment of another user
+        # (the guards of _comment, before its HSETNX)
+        value = change.get("value") if isinstance(change, dict) else None
+        author = value.get("from") if isinstance(value, dict) else None
+        user = str(author.get("id", "")) if isinstance(author, dict) else ""
+        recordable = (
+            isinstance(value, dict)
+            and change.get("field") == "comments"
+            and isinstance(value.get("id"), str)
+            and bool(value.get("id"))
+            and user != account
+        )
+        tally["duplicate" if recordable else "ignored"] += 1
+    return tally
 
 
 def classify(ev: Mapping[str, Any], sender: str, ts: int) -> tuple[str, str, bool, bool] | None:
@@ -176,23 +203,27 @@ def classify(ev: Mapping[str, Any], sender: str, ts: int) -> tuple[str, str, boo
     return None  # read, delivery, unknown kinds
 
 
-def _messaging(web: WebContext, account: str, ev: Any, entry_ms: int | None) -> dict[str, Any] | None:
+def _messaging(
+    web: WebContext, account: str, ev: Any, entry_ms: int | None
+) -> tuple[str, dict[str, Any] | None]:
+    """Record one messaging event: its outcome (``new``, ``duplicate`` or ``ignored``) and, when
+    new, the event to deliver."""
     if not isinstance(ev, dict):
-        return None
+        return "ignored", None
     sender = ev.get("sender")
     user = sender.get("id") if isinstance(sender, dict) else None
     if not isinstance(user, (str, int)) or isinstance(user, bool) or str(user) in ("", account):
-        return None
+        return "ignored", None
     user = str(user)
     ts = _ms(ev.get("timestamp")) or entry_ms or int(time.time() * 1000)
     what = classify(ev, user, ts)
     if what is None:
         log.debug("webhook event ignored (%s)", ",".join(sorted(k for k in ev if isinstance(k, str)))[:80])
-        return None
+        return "ignored", None
     kind, event_id, opens, cancels = what
     is_new, cancelled = web.store.inbound(account, user, event_id, ts, opens_window=opens, cancels=cancels)
     if not is_new:
-        return None
+        return "duplicate", None
     if cancelled:
         log.info(
             "%s from the user cancelled %d follow-up(s)",
@@ -200,7 +231,7 @@ def _messaging(web: WebContext, account: str, ev: Any, entry_ms: int | None) -> 
             len(cancelled),
             extra={"account": account, "recipient": user},
         )
-    return {"account": account, "user": user, "kind": kind, "timestamp_ms": ts, "event": ev}
+    return "new", {"account": account, "user": user, "kind": kind, "timestamp_ms": ts, "event": ev}
 
 
 def _comment(web: WebContext, account: str, change: Any, entry_ms: int | None) -> dict[str, Any] | None:
