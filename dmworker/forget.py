@@ -13,6 +13,9 @@ What is removed, for account ``A`` and person ``r`` (key names in :mod:`dmworker
   payload (``jobs``), its status (``st``) and its place in ``done``/``dlq``;
 - their lanes (``lane:<r>``, ``lane:c:<id>``), leases, ``ready`` members, ``hold`` fields, the
   limiter's ``th:<r>`` field and the legacy ``cor:<r>`` set.
+- the ``mids`` entries (message id -> job id) and ``unseen`` receipts of those jobs, and the
+  entries of the account's event stream (``events``) about the person or their jobs — events a
+  consumer already read are out of dmworker's reach.
 
 **A job being sent right now** (``sending``) cannot be recalled: it is counted in ``in_flight``,
 its lane is left to its worker, and the rest is removed. Run forget again once it has ended (the
@@ -21,10 +24,11 @@ anything was left.
 
 **Cost.** A person's jobs are found by walking the account's status hash (``HSCAN``, 500 records
 per round trip): the cost grows with the number of jobs the account keeps (retention bounds it),
-not with the person's. Comments are found through ``cmta:<r>``, which the webhook fills from this
-version on: comments recorded earlier have no author, cannot be found, and are forgotten only by
-age (7 days after the comment, ``lua/trim.lua``), as are webhook de-duplication records (48 h; they
-hold event ids, not the person's id).
+not with the person's; the event stream is walked too (bounded by its retention). Comments are
+found through ``cmta:<r>``, which the webhook fills from this version on: comments recorded
+earlier have no author, cannot be found, and are forgotten only by age (7 days after the comment,
+``lua/trim.lua``), as are webhook de-duplication records (48 h; they hold event ids, not the
+person's id).
 
 A send enqueued or a webhook event received for the person while forget runs is not removed:
 forget acts on what is stored when it runs.
@@ -63,6 +67,7 @@ class ForgetReport:
     jobs_removed: int  # jobs whose payload and status were deleted (any end state)
     dead_letters: int  # of those, how many were dead letters
     lanes: int  # lanes (recipient or comment) deleted
+    events: int  # entries of the account's event stream about the person or their jobs
     in_flight: int  # jobs being sent right now: not removed, run forget again once they ended
 
     @property
@@ -73,7 +78,7 @@ class ForgetReport:
     @property
     def removed(self) -> int:
         """How many records were removed in all (0: nothing of the person was stored)."""
-        return self.window + self.comments + self.jobs_removed + self.lanes
+        return self.window + self.comments + self.jobs_removed + self.lanes + self.events
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "complete": self.complete}
@@ -112,7 +117,7 @@ def forget_person(store: LaneStore, account: str, igsid: str) -> ForgetReport:
     comment_ids = sorted(r.smembers(k.comment_authors(igsid)))
     lanes = {igsid, *(f"c:{c}" for c in comment_ids)}
     found = _jobs_of(r, k, lanes)
-    live = [job_id for job_id, (state, _) in found.items() if state in LIVE_STATES]
+    live = [job_id for job_id, (state, _, _) in found.items() if state in LIVE_STATES]
     cancelled = store.end_jobs(account, live, why="forgotten", message=FORGOTTEN_MESSAGE) if live else 0
 
     # the states after ending: only ended jobs are removed; one handed to a worker meanwhile is in flight
@@ -127,7 +132,9 @@ def forget_person(store: LaneStore, account: str, igsid: str) -> ForgetReport:
     for lane in lanes & busy_lanes:  # its worker still holds it: take out only what ended
         _unlink(r, k, lane, [i for i in ended if found[i][1] == lane])
     deleted_lanes = _delete_lanes(r, k, igsid, lanes - busy_lanes)
+    _delete_receipts(r, k, lanes, [m for i in ended if (m := found[i][2])])
     window = _delete_window_and_comments(r, k, igsid, comment_ids)
+    events = _delete_events(r, k, {igsid, *comment_ids, *lanes}, set(ended))
     report = ForgetReport(
         account=account,
         window=window,
@@ -136,11 +143,12 @@ def forget_person(store: LaneStore, account: str, igsid: str) -> ForgetReport:
         jobs_removed=len(ended),
         dead_letters=dead,
         lanes=deleted_lanes,
+        events=events,
         in_flight=in_flight,
     )
     log.info(
         "forgot person %s on account %s: %d jobs (%d cancelled, %d dead letters), %d lanes, window %d, "
-        "%d comments, %d in flight",
+        "%d comments, %d events, %d in flight",
         person_ref(igsid),
         account,
         report.jobs_removed,
@@ -149,15 +157,17 @@ def forget_person(store: LaneStore, account: str, igsid: str) -> ForgetReport:
         report.lanes,
         report.window,
         report.comments,
+        report.events,
         report.in_flight,
     )
     return report
 
 
-def _jobs_of(r: Any, k: AccountKeys, lanes: set[str]) -> dict[str, tuple[str | None, str]]:
-    """{job id: (state, lane)} of every job in ``lanes``: status records whose ``lane`` is one of
-    them (an ``HSCAN`` of the whole status hash), and ids in the lane lists without a status."""
-    found: dict[str, tuple[str | None, str]] = {}
+def _jobs_of(r: Any, k: AccountKeys, lanes: set[str]) -> dict[str, tuple[str | None, str, str | None]]:
+    """{job id: (state, lane, Meta's message id)} of every job in ``lanes``: status records whose
+    ``lane`` is one of them (an ``HSCAN`` of the whole status hash), and ids in the lane lists
+    without a status."""
+    found: dict[str, tuple[str | None, str, str | None]] = {}
     for job_id, raw in r.hscan_iter(k.status, count=BATCH):
         try:
             rec = normalize(json.loads(raw))
@@ -165,10 +175,11 @@ def _jobs_of(r: Any, k: AccountKeys, lanes: set[str]) -> dict[str, tuple[str | N
             continue
         lane = rec.get("lane")
         if isinstance(lane, str) and lane in lanes:
-            found[job_id] = (rec.get("state"), lane)
+            mid = rec.get("message_id")
+            found[job_id] = (rec.get("state"), lane, mid if isinstance(mid, str) and mid else None)
     for lane in sorted(lanes):
         for job_id in r.lrange(k.lane(lane), 0, -1):
-            found.setdefault(job_id, (None, lane))
+            found.setdefault(job_id, (None, lane, None))
     return found
 
 
@@ -248,3 +259,42 @@ def _delete_window_and_comments(r: Any, k: AccountKeys, igsid: str, comment_ids:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _delete_receipts(r: Any, k: AccountKeys, lanes: set[str], message_ids: list[str]) -> None:
+    """Delete the message-id index entries of the removed jobs and the lanes' not-yet-seen receipts."""
+    pipe = r.pipeline(transaction=False)
+    for batch in _chunks(message_ids, BATCH):
+        pipe.hdel(k.mids, *batch)
+    for lane in sorted(lanes):
+        pipe.zrangebylex(k.unseen, f"[{lane}|", f"[{lane}|\xff")
+    replies = pipe.execute()[-len(lanes) :] if lanes else []
+    stale = [m for members in replies for m in members]
+    for batch in _chunks(stale, BATCH):
+        r.zrem(k.unseen, *batch)
+
+
+def _delete_events(r: Any, k: AccountKeys, people: set[str], job_ids: set[str]) -> int:
+    """Delete the event-stream entries whose recipient or user is the person (or one of their
+    comments / lanes) or whose job is one of theirs: a walk of the stream (bounded by
+    ``DMWORKER_EVENTS_RETENTION_S``), ``XDEL`` of what matches; how many were deleted."""
+    doomed: list[str] = []
+    start = "-"
+    while True:
+        entries = r.xrange(k.events, min=start, max="+", count=BATCH)
+        for entry_id, fields in entries:
+            try:
+                ev = json.loads((fields or {}).get("e", ""))
+            except ValueError:
+                continue
+            if not isinstance(ev, dict):
+                continue
+            if ev.get("job_id") in job_ids or ev.get("recipient") in people or ev.get("user") in people:
+                doomed.append(entry_id)
+        if len(entries) < BATCH:
+            break
+        start = "(" + entries[-1][0]
+    deleted = 0
+    for batch in _chunks(doomed, BATCH):
+        deleted += int(r.xdel(k.events, *batch))
+    return deleted

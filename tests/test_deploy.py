@@ -780,3 +780,26 @@ def test_env_example_and_compose_configuration_load() -> None:
     for name in PROCESS_TYPES:
         merged = {**env, **{k: str(v) for k, v in compose["services"][name]["environment"].items()}}
         assert Settings.from_env(merged).redis_url == "redis://redis:6379/0"
+
+
+def test_every_k8s_process_that_reads_the_registry_gets_the_secret_key() -> None:
+    # Web, worker and scheduler all read registry accounts (the scheduler refreshes their tokens):
+    # each gets DMWORKER_SECRET_KEY from the dmworker-secrets Secret; optional, since without a
+    # registry the key may be unset.
+    for name, spec in pod_specs().items():
+        container = spec["containers"][0]
+        whole = any(
+            s.get("secretRef", {}).get("name") == "dmworker-secrets" for s in container.get("envFrom", [])
+        )
+        refs = [
+            v["valueFrom"]["secretKeyRef"]
+            for v in container.get("env", [])
+            if v["name"] == "DMWORKER_SECRET_KEY" and "secretKeyRef" in v.get("valueFrom", {})
+        ]
+        assert whole or refs, f"{name}: no DMWORKER_SECRET_KEY from the dmworker-secrets Secret"
+        for ref in refs:
+            assert (ref["name"], ref["key"], ref.get("optional")) == (
+                "dmworker-secrets",
+                "DMWORKER_SECRET_KEY",
+                True,
+            ), f"{name}: {ref}"

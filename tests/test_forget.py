@@ -213,7 +213,7 @@ def test_forget_removes_everything_of_the_person_and_nothing_of_another(
         report = accounts.forget(ACCOUNT, PERSON)
     # Then the report counts what went: 3 live jobs cancelled first (the sequence is 2 jobs: 4
     # ended), 7 jobs removed, 1 dead letter, 1 lane (theirs: the private reply's was emptied when
-    # it was sent), 1 window, 1 comment, nothing in flight
+    # it was sent), 1 window, 1 comment, 7 events (3 ended before, 4 cancelled now), nothing in flight
     assert report.to_dict() == {
         "account": ACCOUNT,
         "window": 1,
@@ -222,6 +222,7 @@ def test_forget_removes_everything_of_the_person_and_nothing_of_another(
         "jobs_removed": 7,
         "dead_letters": 1,
         "lanes": 1,
+        "events": 7,
         "in_flight": 0,
         "complete": True,
     }

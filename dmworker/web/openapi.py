@@ -835,6 +835,7 @@ def _paths(spec: APISpec) -> None:
             "jobs_removed": {"type": "integer", "description": "Payload and status deleted, any state."},
             "dead_letters": {"type": "integer"},
             "lanes": {"type": "integer"},
+            "events": {"type": "integer", "description": "Event stream entries about them or their jobs."},
             "in_flight": {"type": "integer", "description": "Being sent now: not removed."},
             "complete": {"type": "boolean"},
         },
