@@ -49,8 +49,13 @@ def register(sub: Any) -> None:
     bulk.add_argument("file", help="one JSON job per line (as for POST /v1/messages); - = stdin")
     bulk.set_defaults(handler=bulk_)
 
-    st = add_parser(sub, "status", "show a job's status")
-    st.add_argument("job_id", help="the id `send` printed")
+    st = add_parser(
+        sub,
+        "status",
+        "show a job's status; without a job id, whether workers are alive and each account's state",
+    )
+    st.add_argument("job_id", nargs="?", help="the id `send` printed (omit it for the overview)")
+    st.add_argument("--json", action="store_true", help="the overview as JSON")
     st.set_defaults(handler=status)
 
     c = add_parser(sub, "cancel", "cancel a job by id, or a follow-up by --key")
@@ -133,9 +138,32 @@ def bulk_(ns: argparse.Namespace) -> int:
 
 
 def status(ns: argparse.Namespace) -> int:
-    from .outbox import Outbox
+    """A job's status as JSON (and, on stderr, a warning when it waits while no worker is alive);
+    without a job id, the overview: worker liveness, then one line per account."""
+    from .cli_ops import describe_account, describe_workers, worker_liveness
+    from .lifecycle import END_STATES
+    from .runtime import get_runtime
 
-    print_json(Outbox().status(ns.job_id).to_dict())
+    store = get_runtime().store
+    if ns.job_id:
+        from .outbox import Outbox
+
+        st = Outbox().status(ns.job_id).to_dict()
+        print_json(st)
+        workers = worker_liveness(store)
+        if st.get("state") not in END_STATES and not workers.alive:
+            print(describe_workers(workers), file=sys.stderr)
+        return 0
+    from .admin import account_states
+
+    workers = worker_liveness(store)
+    states = account_states(store)
+    if ns.json:
+        print_json({"workers": workers.to_dict(), "accounts": [s.to_dict() for s in states]})
+        return 0
+    print(describe_workers(workers))
+    for s in states:
+        print(describe_account(s))
     return 0
 
 
