@@ -139,3 +139,19 @@ def test_a_refreshed_token_is_an_account_event(settings, rdb, sandbox):
     events = read(LaneStore(s, rdb), acct)
     assert [e.type for e in events] == ["account.token_refreshed"]
     assert events[0].data["token_expires_at_ms"] > now * 1000 and tok not in str(events[0].data)
+
+
+def test_the_http_api_finds_a_job_by_message_id_and_shows_its_timeline(env, sandbox, rdb):
+    from test_http_api import TOKENS, make_api
+
+    s, _store, ob, w = env
+    sandbox.open_window(ACCOUNT, "4501")
+    job = ob.send_text("4501", "hi")
+    w.run_lane(ACCOUNT, "4501")
+    mid = ob.status(job.id).message_id
+    api = make_api(s.with_overrides(api_tokens=TOKENS), rdb, [])
+    found = api.get(f"/v1/jobs?message_id={mid}")
+    assert found.status_code == 200 and found.json["id"] == job.id
+    assert [t[1] for t in found.json["timeline"]] == ["accepted", "attempt", "sent"]
+    assert api.get("/v1/jobs?message_id=m_unknown").status_code == 404
+    assert api.get("/v1/jobs").status_code == 422

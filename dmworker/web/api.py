@@ -156,6 +156,27 @@ def _job_view(job: Job) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- jobs
+@bp.get("/jobs")
+def find_job() -> ResponseReturnValue:
+    """The job that sent Meta's ``message_id`` (in ``account``, else in the accounts the token covers)."""
+    mid = flask.request.args.get("message_id", "")
+    if not mid or len(mid) > 512:
+        raise ValidationError({"message_id": ["required, 1 to 512 characters"]})
+    scope = current_scope()
+    account = _account_arg()
+    if account is not None:
+        need_account(account)
+        return flask.jsonify(ctx().outbox.find(mid, account=account).to_dict())
+    if scope.accounts is None:
+        return flask.jsonify(ctx().outbox.find(mid).to_dict())
+    for acct in sorted(scope.accounts):
+        try:
+            return flask.jsonify(ctx().outbox.find(mid, account=acct).to_dict())
+        except JobNotFoundError:
+            continue
+    raise JobNotFoundError(f"message_id={mid}")
+
+
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> ResponseReturnValue:
     return flask.jsonify(ctx().outbox.status(_job_id(job_id)).to_dict())

@@ -272,7 +272,19 @@ _STATUS = _obj(
             ("key", "string"),
             ("dead_lettered", "boolean"),
             ("last_error", "object"),
+            ("expires_at_ms", "integer"),
+            ("ended_ms", "integer"),
+            ("seen_ms", "integer"),
         )
+    }
+    | {
+        "timeline": {
+            "type": "array",
+            "description": "The job's history, oldest first: [ms, what, detail(, count)] — accepted, "
+            "scheduled, promoted, attempt, retry, throttled, token_refused, waiting (rate, hold, "
+            "paused:<reason>, probe), the end state, seen, echo, reaction. Bounded.",
+            "items": {"type": "array"},
+        }
     },
     ["id", "state"],
 )
@@ -464,6 +476,27 @@ def _paths(spec: APISpec) -> None:
                     }
                 ],
                 requestBody={"required": True, "content": {"application/json": {"schema": many}}},
+            )
+        },
+    )
+    spec.path(
+        "/v1/jobs",
+        operations={
+            "get": _op(
+                "Find the job that sent a message",
+                (200, _ref("JobStatus"), "The job that sent Meta's message_id"),
+                404,
+                422,
+                special={403: (_ref("Error"), "The token may not read this account")},
+                parameters=[
+                    {
+                        "name": "message_id",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 512},
+                    },
+                    {"name": "account", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
             )
         },
     )
