@@ -21,7 +21,7 @@ from dmworker.keys import Keys
 from dmworker.laneref import REF_PREFIX, LaneRefError, LaneRefs, StoredKey, derive_key, is_ref, refs_for
 from dmworker.lanes import LaneStore
 from dmworker.outbox import Outbox
-from dmworker.schemas.send import _COMMENT_ID, _IGSID
+from dmworker.schemas.send import COMMENT_ID_RE, IGSID_RE
 from dmworker.testing import ProcessGroup, wait_until
 from dmworker.worker import LaneWorker
 
@@ -92,7 +92,8 @@ def test_an_altered_ref_does_not_open_and_the_error_does_not_quote_it(tamper):
 @hsettings(max_examples=200, deadline=None)
 @given(
     st.one_of(
-        st.from_regex(_IGSID, fullmatch=True), st.from_regex(_COMMENT_ID, fullmatch=True).map("c:{}".format)
+        st.from_regex(IGSID_RE, fullmatch=True),
+        st.from_regex(COMMENT_ID_RE, fullmatch=True).map("c:{}".format),
     )
 )
 def test_no_lane_name_looks_like_a_ref_and_every_one_round_trips(lane):

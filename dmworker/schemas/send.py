@@ -19,8 +19,12 @@ from .kinds import INSTANCES, KINDS, SCHEMAS
 
 MAX_STEPS = 50
 
-_IGSID = re.compile(r"[0-9]{1,32}")
-_COMMENT_ID = re.compile(r"[0-9]{1,32}(?:_[0-9]{1,32})?")
+#: An Instagram-scoped user id (IGSID), matched whole (``fullmatch``); the OpenAPI patterns use it too.
+IGSID_RE = re.compile(r"[0-9]{1,32}")
+#: A comment id (``digits`` or ``digits_digits``), matched whole; the OpenAPI patterns use it too.
+COMMENT_ID_RE = re.compile(r"[0-9]{1,32}(?:_[0-9]{1,32})?")
+_IGSID = IGSID_RE  # older private names, kept for code that imports them
+_COMMENT_ID = COMMENT_ID_RE
 IGSID_MESSAGE = "must be an Instagram-scoped user id (IGSID): 1 to 32 digits"
 COMMENT_ID_MESSAGE = "must be a comment id: digits, or digits_digits"
 ANY_ID_MESSAGE = "must be an IGSID (1 to 32 digits) or, for private_reply, a comment id (digits_digits)"

@@ -25,8 +25,7 @@ from ..due import MAX_SPAN_S
 from ..schemas import KINDS, MAX_STEPS, REACTIONS, SCHEMAS
 from ..schemas.base import _NO_SPACE as NO_SPACE_RE
 from ..schemas.kinds import MAX_EMOJI_CHARS
-from ..schemas.send import _COMMENT_ID as COMMENT_ID_RE
-from ..schemas.send import _IGSID as IGSID_RE
+from ..schemas.send import COMMENT_ID_RE, IGSID_RE
 from .api import MAX_DLQ_LIMIT, MAX_HEADER_KEY_CHARS, MAX_KEY_CHARS
 from .health import HEARTBEAT_MAX_AGE_MS, READY_TIMEOUT_S
 
