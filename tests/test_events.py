@@ -155,3 +155,29 @@ def test_the_http_api_finds_a_job_by_message_id_and_shows_its_timeline(env, sand
     assert [t[1] for t in found.json["timeline"]] == ["accepted", "attempt", "sent"]
     assert api.get("/v1/jobs?message_id=m_unknown").status_code == 404
     assert api.get("/v1/jobs").status_code == 422
+
+
+def test_the_webhook_records_seen_receipts_echoes_and_reactions_on_the_jobs(env, sandbox, rdb):
+    from test_webhook import APP_SECRET, envelope, event, post, reaction
+
+    from dmworker.web import create_app
+
+    s, _store, ob, w = env
+    sandbox.open_window(ACCOUNT, "4601")
+    jobs = [ob.send_text("4601", f"n{i}") for i in range(4)]
+    w.run_lane(ACCOUNT, "4601")
+    mids = [ob.status(j.id).message_id for j in jobs]
+    client = create_app(s.with_overrides(app_secret=APP_SECRET), redis_client=rdb, publish=lambda a, r: None)
+    c = client.test_client()
+    # Instagram's messaging_seen names the last message seen: the first two become seen
+    assert post(c, envelope(event("4601", read={"mid": mids[1]}))).status_code == 200
+    assert [ob.status(j.id).state for j in jobs] == ["seen", "seen", "sent", "sent"]
+    # an echo of our third message, and the user's reaction to it, land on its timeline
+    echo = {"sender": {"id": ACCOUNT}, "recipient": {"id": "4601"}, "timestamp": 1,
+            "message": {"mid": mids[2], "is_echo": True, "text": "n2"}}  # fmt: skip
+    post(c, envelope(echo, reaction("4601", mids[2])))
+    what = [t[1] for t in ob.timeline(jobs[2].id)]
+    assert what[-2:] == ["echo", "reaction"] and ob.status(jobs[2].id).state == "sent"
+    # a Messenger-style watermark (ms) marks everything sent up to then
+    post(c, envelope(event("4601", read={"watermark": 9_999_999_999_999})))
+    assert [ob.status(j.id).state for j in jobs] == ["seen"] * 4

@@ -210,6 +210,8 @@ def _messaging(
     new, the event to deliver."""
     if not isinstance(ev, dict):
         return "ignored", None
+    if _receipt(web, account, ev):
+        return "ignored", None  # a receipt about our own messages: recorded on the jobs, not delivered
     sender = ev.get("sender")
     user = sender.get("id") if isinstance(sender, dict) else None
     if not isinstance(user, (str, int)) or isinstance(user, bool) or str(user) in ("", account):
@@ -222,6 +224,10 @@ def _messaging(
         return "ignored", None
     kind, event_id, opens, cancels = what
     is_new, cancelled = web.store.inbound(account, user, event_id, ts, opens_window=opens, cancels=cancels)
+    reaction = ev.get("reaction")
+    if is_new and kind == "reaction" and isinstance(reaction, dict) and isinstance(reaction.get("mid"), str):
+        detail = f"{reaction.get('action', '')}:{reaction.get('reaction') or reaction.get('emoji') or ''}"
+        web.store.observe(account, reaction["mid"], "reaction", detail[:40])  # a reaction to our message
     if not is_new:
         return "duplicate", None
     if cancelled:
@@ -232,6 +238,33 @@ def _messaging(
             extra={"account": account, "recipient": user},
         )
     return "new", {"account": account, "user": user, "kind": kind, "timestamp_ms": ts, "event": ev}
+
+
+def _receipt(web: WebContext, account: str, ev: Mapping[str, Any]) -> bool:
+    """Seen receipts and echoes of our own messages: recorded on the jobs they concern.
+
+    ``read`` (``messaging_seen``): the user saw our messages up to ``read.mid`` (Instagram) or up
+    to ``read.watermark`` (ms, Messenger style): those sent jobs become ``seen``.  A ``message`` with
+    ``is_echo``: the echo of a message we sent, noted on its job's timeline.  Returns whether ``ev``
+    was one of these.
+    """
+    read = ev.get("read")
+    sender = ev.get("sender")
+    user = str(sender.get("id", "")) if isinstance(sender, dict) else ""
+    if isinstance(read, dict):
+        mid, mark = read.get("mid"), read.get("watermark")
+        if user and user != account and isinstance(mid, str) and mid:
+            web.store.seen(account, user, message_id=mid)
+        elif user and user != account and isinstance(mark, (int, float)) and not isinstance(mark, bool):
+            web.store.seen(account, user, watermark_ms=_ms(mark) or 0)
+        return True
+    message = ev.get("message")
+    if isinstance(message, dict) and message.get("is_echo"):
+        mid = message.get("mid")
+        if isinstance(mid, str) and mid:
+            web.store.observe(account, mid, "echo")
+        return True
+    return False
 
 
 def _comment(web: WebContext, account: str, change: Any, entry_ms: int | None) -> dict[str, Any] | None:
