@@ -188,8 +188,9 @@ def show(ns: argparse.Namespace) -> int:
             [{**s.to_dict(), **(infos[s.account].to_dict() if s.account in infos else {})} for s in states]
         )
         return 0
-    from .cli_ops import describe_account
+    from .cli_ops import describe_account, describe_workers, worker_liveness
 
+    print(describe_workers(worker_liveness(get_runtime().store)))
     for s in states:
         info = infos.get(s.account)
         extra = f"; {info.state}; token {info.token_fingerprint}" if info and info.token_fingerprint else ""
