@@ -167,7 +167,7 @@ def test_accounts_shows_pauses_as_readable_times(settings, rdb, tmp_path):
     # Then the pause reads as a UTC time and how far away it is, not epoch milliseconds
     assert re.search(r"paused until \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(in 12 min\) \(throttled\)", line), line
     assert str(until) not in line
-    assert out.stdout.splitlines()[0].startswith("workers: NONE alive")  # no worker in this test
+    assert out.stdout.splitlines()[0].startswith("workers: NONE")  # no worker in this test
     assert when(1_000_000, now_ms=1_000_000 + 5 * 3_600_000) == "1970-01-01 00:16:40Z (5 h ago)"
     # ... and a bad token's pause (no end until the token is replaced) says so
     assert "paused until resumed (token_invalid)" in describe_account(_state(1, "token_invalid"))
