@@ -4,7 +4,7 @@ what entering each end state does.  ``lua/_lifecycle.lua`` is the Redis side of 
 
 ::
 
-    enqueue ─▶ scheduled ──(due)──▶ queued ──▶ sending ──▶ sent
+    enqueue ─▶ scheduled ──(due)──▶ queued ──▶ sending ──▶ sent ──(the user saw it)──▶ seen
                                       ▲           │
                                       │           ├──▶ waiting ──▶ sending ...  (retry, throttle,
                                       │           │                              token refused)
@@ -18,7 +18,10 @@ what entering each end state does.  ``lua/_lifecycle.lua`` is the Redis side of 
   the Redis clock.  A job found past it is ``expired`` and never sent.  A replay gets a fresh age.
 * **Units.** A sequence is one unit: cancel (by any of its ids or its key), ``replace=True`` and a
   reply act on every step not yet sent, atomically; a key stays bound until the whole unit ended.
-* **End states** (``sent``, ``failed``, ``cancelled``, ``expired``): the job leaves the follow-up
+* **Events.** Entering an end state, and ``seen``, writes an event (``job.sent``, ``job.failed``, ...)
+  in the same script call (:mod:`dmworker.events`); every step is also noted on the job's bounded
+  timeline (``history`` in its status record).
+* **End states** (``sent``, ``seen``, ``failed``, ``cancelled``, ``expired``): the job leaves the follow-up
   schedule and the cancel-on-reply index, its key is released once its unit ended, a counter is
   bumped, and it is indexed for retention: ``DMWORKER_RETENTION_S`` after it ended its record and
   payload are forgotten — or, for a dead letter, ``DMWORKER_DLQ_RETENTION_S`` (and at most
