@@ -241,10 +241,8 @@ class Enqueuer:
                     ]
             key = p.opts.get("key")
             if key:
-                if (existing and not p.opts.get("replace") and self._unit_live(p.account, existing)) or (
-                    p.account,
-                    key,
-                ) in seen_keys:
+                # a key is bound until its whole unit has ended (the lifecycle releases it then)
+                if (existing and not p.opts.get("replace")) or (p.account, key) in seen_keys:
                     errors[f"{n}.key"] = [
                         f"a follow-up with key {key!r} is already pending; pass replace=True"
                     ]
@@ -259,14 +257,6 @@ class Enqueuer:
         if errors:
             self._count_refusal(next(iter(errors)).split(".", 1)[1].split(".")[0])
             raise ValidationError(errors)
-
-    def _unit_live(self, account: str, job_id: str) -> bool:
-        raw = self.redis.hget(self.store.acct(account).status, job_id)
-        return bool(raw) and json.loads(raw).get("state", json.loads(raw).get("s")) in (
-            "scheduled",
-            "queued",
-            "waiting",
-        )
 
     def _commit(self, prepared: Sequence[_Prepared], *, checked: bool = False) -> list[Job]:
         """Write ``prepared`` (one round trip), publish the new lanes, then raise for any refusal."""
