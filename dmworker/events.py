@@ -66,10 +66,10 @@ def event_id(account: str, entry: str) -> str:
     return f"{account}/{entry}"
 
 
-def parse(account: str, entry: str, fields: dict[str, str]) -> Event:
-    """An :class:`Event` from a stream entry (a malformed one becomes ``type: "invalid"``)."""
+def parse(account: str, entry: str, fields: dict[str, str] | None) -> Event:
+    """An :class:`Event` from a stream entry (a malformed or deleted one: ``type: "invalid"``)."""
     try:
-        data = json.loads(fields.get("e", ""))
+        data = json.loads((fields or {}).get("e", ""))
         if not isinstance(data, dict):
             raise ValueError("not an object")
     except ValueError:
@@ -157,7 +157,7 @@ class EventConsumer:
                 out += [parse(account, entry, fields) for entry, fields in entries]
             if len(out) >= count:
                 break
-        if time.monotonic() - self._last_claim > self.claim_idle_ms / 4000:
+        if time.monotonic() - self._last_claim > self.claim_idle_ms / 1000:
             self._last_claim = time.monotonic()
             out += self.claim(count)
         return out
@@ -165,16 +165,15 @@ class EventConsumer:
     def claim(self, count: int = 100) -> list[Event]:
         """Take over events another consumer of the group left unacknowledged for ``claim_idle_ms``."""
         out: list[Event] = []
-        for account in list(self._grouped):
-            got = self.redis.xautoclaim(
-                self.store.acct(account).events,
-                self.group,
-                self.consumer,
-                self.claim_idle_ms,
-                "0-0",
-                count=count,
-            )
-            out += [parse(account, entry, fields) for entry, fields in got[1] if fields]
+        accounts = sorted(self._grouped)
+        for start in range(0, len(accounts), STREAMS_PER_READ):  # one round trip per chunk
+            chunk = accounts[start : start + STREAMS_PER_READ]
+            pipe = self.redis.pipeline(transaction=False)
+            for account in chunk:
+                key = self.store.acct(account).events
+                pipe.xautoclaim(key, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count)
+            for account, got in zip(chunk, pipe.execute(), strict=True):
+                out += [parse(account, entry, fields) for entry, fields in got[1] if fields]
         return out
 
     def ack(self, events: Sequence[Event]) -> int:
