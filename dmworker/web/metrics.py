@@ -38,6 +38,7 @@ from ..schemas import KINDS
 from ..service import LATENCY_BUCKETS_S
 from .context import ctx
 from .health import HEARTBEAT_MAX_AGE_MS
+from .metrics_accounts import AccountsCollector
 
 bp = flask.Blueprint("metrics", __name__)
 
@@ -367,6 +368,7 @@ def registry_for(store: LaneStore, own: CollectorRegistry | None = None) -> Coll
     """A registry with the cluster's metrics (read from Redis when collected) and ``own``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(store))
+    registry.register(AccountsCollector(store))
     if own is not None:
         registry.register(_Forward(own))
     return registry
