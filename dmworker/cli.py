@@ -15,13 +15,19 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__, cli_accounts, cli_jobs, cli_ops, cli_run
+from . import __version__, cli_accounts, cli_callbacks, cli_jobs, cli_ops, cli_run
 from .cli_common import PASSTHROUGH, Formatter, failure
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 #: Every module that adds subcommands; a new group of commands appends its ``register`` here.
-REGISTRARS: list[Registrar] = [cli_run.register, cli_jobs.register, cli_ops.register, cli_accounts.register]
+REGISTRARS: list[Registrar] = [
+    cli_run.register,
+    cli_jobs.register,
+    cli_ops.register,
+    cli_accounts.register,
+    cli_callbacks.register,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

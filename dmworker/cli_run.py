@@ -94,6 +94,10 @@ def scheduler(ns: argparse.Namespace) -> int:
     from .refresh import start_refresher  # token refresh (accounts registry)
 
     start_refresher(rt.settings, rt.redis, stop)
+    if rt.settings.callback_url:  # signed event callbacks (dmworker.callbacks)
+        from .callbacks_deliver import start_deliverer
+
+        start_deliverer(rt.store, stop)
     Dispatcher(rt.store, publish).run(stop, ns.tick_ms)
     return 0
 

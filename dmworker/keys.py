@@ -42,7 +42,10 @@ Global (never used inside a script together with account keys)::
     P:reauth              ZSET  account -> ms Meta refused its token (checked for a new token)
     P:refused             HASH  enqueue refusals by reason (validation, window, key_exists, ...)
     P:events:active       ZSET  account -> ms it last wrote an event (event consumers read these)
-    P:events:dead         ZSET  "<account>/<event id>" -> ms: callbacks given up (dmworker.callbacks)
+    P:events:dead         ZSET  event id ("<account>/<entry>") -> ms: callbacks given up (dmworker.callbacks)
+    P:events:dead:data    HASH  event id -> {"event", "to", "reason", "dead_ms"} of a dead callback
+    P:events:replay       ZSET  event id -> ms a deliverer may take it: dead callbacks being replayed
+    P:events:cbstats      HASH  callback counters: delivered, failed, dead (events x destinations)
     P:laneref             STR   random key sealing lane references (dmworker.laneref; no SECRET_KEY)
 
 The first eight keys of an account (:meth:`AccountKeys.block`) are the *account block* every
@@ -211,6 +214,23 @@ class Keys:
     @property
     def events_active(self) -> str:
         return f"{self.prefix}:events:active"
+
+    @property
+    def events_dead(self) -> str:
+        """Dead callbacks (:mod:`dmworker.callbacks_store`): event id -> ms it was given up."""
+        return f"{self.prefix}:events:dead"
+
+    @property
+    def events_dead_data(self) -> str:
+        return f"{self.prefix}:events:dead:data"
+
+    @property
+    def events_replay(self) -> str:
+        return f"{self.prefix}:events:replay"
+
+    @property
+    def events_callback_stats(self) -> str:
+        return f"{self.prefix}:events:cbstats"
 
     @property
     def refused(self) -> str:

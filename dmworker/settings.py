@@ -172,6 +172,11 @@ class Settings:
     accounts_refresh_s: float = 1.0
     token_refresh_before_s: float = 7 * 86_400.0
     token_refresh_check_s: float = 3_600.0
+    # callbacks
+    callback_url: str | None = field(default=None, repr=False)
+    callback_secret: str | None = field(default=None, repr=False)
+    callback_max_age_s: float = 86_400.0
+    callback_timeout_s: float = 10.0
 
     # ------------------------------------------------------------------ lookups
     def account(self, account_id: str | None = None) -> AccountConfig:
@@ -320,6 +325,11 @@ class Settings:
             accounts_refresh_s=r.float_("DMWORKER_ACCOUNTS_REFRESH_S", 1.0),
             token_refresh_before_s=r.float_("DMWORKER_TOKEN_REFRESH_BEFORE_S", 7 * 86_400.0),
             token_refresh_check_s=r.float_("DMWORKER_TOKEN_REFRESH_CHECK_S", 3_600.0),
+            # callbacks
+            callback_url=_callback_url(r.str_("DMWORKER_CALLBACK_URL"), r.str_("DMWORKER_CALLBACK_SECRET")),
+            callback_secret=r.str_("DMWORKER_CALLBACK_SECRET"),
+            callback_max_age_s=r.float_("DMWORKER_CALLBACK_MAX_AGE_S", 86_400.0),
+            callback_timeout_s=r.float_("DMWORKER_CALLBACK_TIMEOUT_S", 10.0),
         )
 
 
@@ -458,3 +468,21 @@ def _secret_keys(value: str | None) -> tuple[str, ...]:
                 "make one with `dmworker accounts new-key`)"
             )
     return keys
+
+
+def _callback_url(url: str | None, secret: str | None) -> str | None:
+    """``DMWORKER_CALLBACK_URL`` checked (an error never shows a password or a query string).
+
+    Raises:
+        ConfigError: not an http(s) URL with a host, or no ``DMWORKER_CALLBACK_SECRET`` to sign with.
+    """
+    if url is None:
+        return None
+    from .callbacks import check_url
+
+    problem = check_url(url)
+    if problem:
+        raise ConfigError(f"DMWORKER_CALLBACK_URL: {problem}")
+    if not secret:
+        raise ConfigError("DMWORKER_CALLBACK_SECRET: required when DMWORKER_CALLBACK_URL is set")
+    return url

@@ -10,6 +10,7 @@ Run it with ``gunicorn 'dmworker.web:create_app()'`` (settings from the environm
 ``GET|DELETE /v1/dlq``, ``GET /v1/dlq/<id>``,  dead letters: list, purge, show, replay     bearer
 ``POST /v1/dlq/<id>/replay``
 ``GET /v1/windows/<igsid>``, ``/v1/accounts``  messaging window, account states            bearer
+``GET /v1/callbacks/dead``, ``POST .../replay``  dead callbacks: list, replay                 bearer
 ``GET /livez``                               the process answers (no I/O)                -
 ``GET /readyz``                              Redis answers within 1 s                    -
 ``GET /healthz``                             Redis + a worker heartbeat (not a probe)    -
@@ -82,10 +83,11 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = web
 
-    from . import api, health, metrics, openapi, webhook
+    from . import api, api_callbacks, health, metrics, openapi, webhook
 
     app.register_blueprint(webhook.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(api_callbacks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)

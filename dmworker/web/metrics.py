@@ -144,6 +144,7 @@ class RedisCollector(Collector):
 
         yield from self._account_metrics(accounts, rows, queued, oldest, now)
         yield from self._global_metrics(now, registered, newest, refused)
+        yield from callback_metrics(self.store, now)
 
     # ------------------------------------------------------------------ lanes: queued jobs, oldest
     def _lanes(
@@ -352,6 +353,33 @@ def _histogram(
     total += _num(stats.get(f"{prefix}:+Inf"))
     buckets.append(("+Inf", total))
     return buckets, _num(stats.get(sum_field))
+
+
+def callback_metrics(store: LaneStore, now: int) -> Iterator[Metric]:
+    """Signed callbacks (:mod:`dmworker.callbacks`): outcomes, dead ones, the oldest undelivered.
+
+    ``outcome`` is a fixed set (delivered, failed, dead); counts are (event, destination) pairs.
+    """
+    from ..callbacks_store import OUTCOMES, CallbackStore
+
+    s = store.settings
+    cbs = CallbackStore(store.redis, s.key_prefix, s.dlq_retention_s * 1000, s.dlq_max)
+    outcomes = CounterMetricFamily(
+        "dmworker_callbacks",
+        "Callback deliveries by outcome: delivered (2xx), failed (an attempt, retried), dead (given up).",
+        labels=["outcome"],
+    )
+    counts = cbs.counters()
+    for outcome in OUTCOMES:
+        outcomes.add_metric([outcome], counts[outcome])
+    yield outcomes
+    yield GaugeMetricFamily("dmworker_callbacks_dead", "Dead callbacks kept (replayable).", value=cbs.size())
+    oldest = cbs.oldest_undelivered_ms(lambda a: store.acct(a).events)
+    yield GaugeMetricFamily(
+        "dmworker_callbacks_oldest_undelivered_age_seconds",
+        "Age of the oldest event the callback deliverers have not acknowledged (0 when none).",
+        value=max(0.0, (now - oldest) / 1000) if oldest is not None else 0.0,
+    )
 
 
 class _Forward(Collector):

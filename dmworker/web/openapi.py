@@ -921,6 +921,54 @@ def _paths(spec: APISpec) -> None:
     )
 
 
+def _callback_paths(spec: APISpec) -> None:
+    """``/v1/callbacks/dead``: dead callbacks (:mod:`dmworker.web.api_callbacks`)."""
+    account = _param("account", "query", "Only this account's dead callbacks (empty: every one in scope).")
+    dead = _obj(
+        {
+            "id": {"type": "string", "description": "The event's id (<account>/<stream entry>)."},
+            "to": {
+                "type": "array",
+                "items": {"type": "string", "enum": ["default", "account"]},
+                "description": "Destinations that gave it up: default (DMWORKER_CALLBACK_URL), "
+                "account (the account's callback_url).",
+            },
+            "reason": {"type": "string", "description": "The last failure: HTTP <status>, or an error name."},
+            "dead_ms": {"type": "integer", "description": "When it was given up (epoch ms)."},
+            "event": {"type": "object", "description": "The event as it was (see docs/events.md)."},
+        },
+        ["id", "to", "reason", "dead_ms", "event"],
+    )
+    listed = _obj({"dead_callbacks": {"type": "array", "items": dead}}, ["dead_callbacks"])
+    limit = _param(
+        "limit",
+        "query",
+        f"At most this many (1 to {MAX_DLQ_LIMIT}, default 100).",
+        type="integer",
+        minimum=1,
+        maximum=MAX_DLQ_LIMIT,
+    )
+    listing = _op("Dead callbacks, newest first", (200, listed, "Dead"), 422, parameters=[account, limit])
+    ids = {"type": "array", "items": {"type": "string", "minLength": 1}, "description": "Event ids."}
+    replay = _op(
+        "Replay dead callbacks: the ids given, else the account's, else every one (admin-wide)",
+        (200, _obj({"replayed": {"type": "integer"}}, ["replayed"]), "How many were handed back"),
+        422,
+        parameters=[account],
+        requestBody={
+            "required": False,
+            "content": {"application/json": {"schema": {"type": "object", "properties": {"ids": ids}}}},
+        },
+        description="Each replayed event keeps its id and is retried for a new "
+        "DMWORKER_CALLBACK_MAX_AGE_S. Ids of accounts outside the token's scope are skipped.",
+    )
+    for op, why in ((listing, "An account outside the token's scope"), (replay, "A read-only token, or an "
+                    "account outside its scope")):  # fmt: skip
+        op["responses"]["403"] = _json(_ref("Error"), why)
+    spec.path("/v1/callbacks/dead", operations={"get": listing})
+    spec.path("/v1/callbacks/dead/replay", operations={"post": replay})
+
+
 @cache
 def build_spec() -> dict[str, Any]:
     """The OpenAPI document (built once per process)."""
@@ -1017,6 +1065,7 @@ def build_spec() -> dict[str, Any]:
     ):
         spec.components.schema(name, component=schema)
     _paths(spec)
+    _callback_paths(spec)
     return spec.to_dict()
 
 
