@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from . import scripts
+from .account_ops import AccountOps
 from .keys import AccountKeys, Keys
-from .lifecycle import KEEP_INBOUND_MS
 from .settings import RATE_CLASSES, Settings, token_fingerprint
 
 
@@ -32,16 +32,6 @@ class EnqueueResult:
     due_ms: int | None = None
     window_closes_ms: int | None = None
     existing_id: str | None = None
-
-
-@dataclass(frozen=True)
-class TrimResult:
-    """What one trim call did: records removed, when to trim next (ms, None = nothing left to
-    expire), and whether the account still has jobs that have not ended."""
-
-    removed: int
-    next_ms: int | None
-    live: bool
 
 
 @dataclass(frozen=True)
@@ -70,8 +60,8 @@ class Step:
     why: str | None = None
 
 
-class LaneStore:
-    """Lane operations for one Redis and one key prefix."""
+class LaneStore(AccountOps):
+    """Lane operations for one Redis and one key prefix (account-wide ones: :class:`AccountOps`)."""
 
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
@@ -361,109 +351,6 @@ class LaneStore:
         reply = self._run("promote", account, keys, args, now_ms)
         return int(reply[0]), list(reply[1:])
 
-    # ------------------------------------------------------------------ account-wide operations
-    def trim(self, account: str, now_ms: int | None = None, batch: int = 1000) -> TrimResult:
-        """Forget, in bounded work, what retention no longer keeps (see ``lua/trim.lua``)."""
-        k = self.acct(account)
-        reply = self._run(
-            "trim",
-            account,
-            [k.windows, k.window_times, k.comments, k.comment_times],
-            [batch, KEEP_INBOUND_MS],
-            now_ms,
-            emits=False,
-        )
-        nxt = int(reply[1])
-        return TrimResult(int(reply[0]), None if nxt < 0 else nxt, bool(int(reply[2])))
-
-    def resume(
-        self,
-        account: str,
-        *,
-        mode: str = "any",
-        token: str = "",
-        batch: int = 1000,
-        now_ms: int | None = None,
-    ) -> tuple[bool, int]:
-        """Lift the account's pause and wake every lane parked behind it: (lifted?, lanes woken).
-
-        ``mode="token"`` lifts only a refused-token pause, and only when ``token`` is a different,
-        non-empty token than the one Meta refused; ``mode="any"`` lifts any pause.
-        """
-        k = self.acct(account)
-        fp = token_fingerprint(token) if token else ""
-        keys, keep = [k.pause, k.ready, k.events], self.events_keep_ms
-        lifted, woken, left = (
-            int(x) for x in scripts.run(self.redis, "resume", keys, [mode, fp, batch, keep], now_ms)
-        )
-        if lifted and keep:
-            self.redis.zadd(self.keys.events_active, {account: int(time.time() * 1000)})
-        while left > 0 and lifted:
-            got = scripts.run(self.redis, "resume", keys, ["wake", "", batch, keep], now_ms)
-            woken, left = woken + int(got[1]), int(got[2])
-            if int(got[1]) == 0:
-                break
-        return bool(lifted), woken
-
-    def end_jobs(
-        self,
-        account: str,
-        ids: Sequence[str],
-        *,
-        state: str = "cancelled",
-        why: str = "cancelled",
-        message: str = "cancelled",
-        now_ms: int | None = None,
-    ) -> int:
-        """End the given jobs (their whole units) that were not sent yet: ``cancelled``, or ``failed``
-        without a dead letter.  Returns how many ended."""
-        if state not in ("cancelled", "failed"):
-            raise ValueError("state must be 'cancelled' or 'failed'")
-        if not ids:
-            return 0
-        return int(self._run("end_jobs", account, [], [state, why, message, *ids], now_ms))
-
-    def end_account_jobs(
-        self, account: str, state: str = "cancelled", reason: str = "the account was removed"
-    ) -> int:
-        """End every job of ``account`` not sent yet (see :meth:`end_jobs`); returns how many.
-
-        Walks the account's status records in batches (cost grows with the account's jobs).
-        """
-        n = 0
-        ids = (job_id for job_id, _ in self.redis.hscan_iter(self.acct(account).status, count=500))
-        for batch in _batches(ids, 500):
-            n += self.end_jobs(account, batch, state=state, why="account_removed", message=reason)
-        return n
-
-    def seen(
-        self,
-        account: str,
-        user: str,
-        *,
-        message_id: str | None = None,
-        watermark_ms: int | None = None,
-        now_ms: int | None = None,
-    ) -> list[str]:
-        """The user saw our messages up to ``message_id`` (or up to ``watermark_ms``): those sent jobs
-        become ``seen`` (``job.seen`` events).  Returns their ids."""
-        if (message_id is None) == (watermark_ms is None):
-            raise ValueError("give message_id or watermark_ms")
-        args = [user, message_id or "", "" if watermark_ms is None else int(watermark_ms)]
-        return list(self._run("seen", account, [], args, now_ms)[1:])
-
-    def observe(
-        self, account: str, message_id: str, what: str, detail: str = "", now_ms: int | None = None
-    ) -> str:
-        """Note ``what`` (``echo``, ``reaction``) on the timeline of the job that sent ``message_id``;
-        returns its id, or '' when the message is not one of ours."""
-        return str(self._run("observe", account, [], [message_id, what, detail], now_ms, emits=False) or "")
-
-    def find(self, account: str, message_id: str) -> str | None:
-        """The id of the job that sent Meta's ``message_id`` (while it is retained)."""
-        got = self.redis.hget(self.acct(account).mids, message_id)
-        return str(got) if got else None
-
     def limit(self, account: str, klass: str, now_ms: int | None = None) -> tuple[bool, int]:
         """One limiter decision outside a lane: (allowed, microseconds to wait)."""
         rate = self.settings.rate_for(account, klass)
@@ -484,14 +371,3 @@ class LaneStore:
     def _redis_now_ms(self) -> int:
         sec, usec = self.redis.time()
         return int(sec) * 1000 + int(usec) // 1000
-
-
-def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
