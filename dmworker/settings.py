@@ -270,6 +270,13 @@ class Settings:
                 f"({int(read_timeout * 1500)} ms), got {lease_ms}"
             )
         tokens = _api_tokens(r.str_("DMWORKER_API_TOKENS"))
+        events_keep = r.int_("DMWORKER_EVENTS_RETENTION_S", 86_400, minimum=0)
+        callback_age = r.float_("DMWORKER_CALLBACK_MAX_AGE_S", 86_400.0)
+        if r.str_("DMWORKER_CALLBACK_URL") and callback_age > events_keep:
+            raise ConfigError(
+                f"DMWORKER_CALLBACK_MAX_AGE_S: expected at most DMWORKER_EVENTS_RETENTION_S "
+                f"({events_keep} s): an event must outlive its delivery attempts, got {callback_age:g}"
+            )
         return cls(
             redis_url=r.str_("DMWORKER_REDIS_URL"),
             key_prefix=r.str_("DMWORKER_KEY_PREFIX") or "dmw",
@@ -298,7 +305,7 @@ class Settings:
             dlq_retention_s=r.int_("DMWORKER_DLQ_RETENTION_S", 30 * 86_400),
             dlq_max=r.int_("DMWORKER_DLQ_MAX", 100_000),
             usage_decay_s=r.float_("DMWORKER_USAGE_DECAY_S", 300.0),
-            events_retention_s=r.int_("DMWORKER_EVENTS_RETENTION_S", 86_400, minimum=0),
+            events_retention_s=events_keep,
             scheduler_tick_ms=r.int_("DMWORKER_SCHEDULER_TICK_MS", 50),
             embedded_scheduler=r.bool_("DMWORKER_EMBEDDED_SCHEDULER", True),
             lane_batch=r.int_("DMWORKER_LANE_BATCH", 50),
@@ -328,7 +335,7 @@ class Settings:
             # callbacks
             callback_url=_callback_url(r.str_("DMWORKER_CALLBACK_URL"), r.str_("DMWORKER_CALLBACK_SECRET")),
             callback_secret=r.str_("DMWORKER_CALLBACK_SECRET"),
-            callback_max_age_s=r.float_("DMWORKER_CALLBACK_MAX_AGE_S", 86_400.0),
+            callback_max_age_s=callback_age,
             callback_timeout_s=r.float_("DMWORKER_CALLBACK_TIMEOUT_S", 10.0),
         )
 

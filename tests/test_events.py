@@ -181,3 +181,13 @@ def test_the_webhook_records_seen_receipts_echoes_and_reactions_on_the_jobs(env,
     # a Messenger-style watermark (ms) marks everything sent up to then
     post(c, envelope(event("4601", read={"watermark": 9_999_999_999_999})))
     assert [ob.status(j.id).state for j in jobs] == ["seen"] * 4
+
+
+def test_callbacks_must_not_outlive_the_events_they_deliver():
+    from dmworker.settings import ConfigError, Settings
+
+    env = {"DMWORKER_CALLBACK_URL": "https://hooks.example.com/dm", "DMWORKER_CALLBACK_SECRET": "s3cret"}
+    assert Settings.from_env(env).callback_max_age_s == 86_400
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env({**env, "DMWORKER_EVENTS_RETENTION_S": "3600"})
+    assert "DMWORKER_CALLBACK_MAX_AGE_S" in str(e.value) and "s3cret" not in str(e.value)
