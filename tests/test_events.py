@@ -191,3 +191,29 @@ def test_callbacks_must_not_outlive_the_events_they_deliver():
     with pytest.raises(ConfigError) as e:
         Settings.from_env({**env, "DMWORKER_EVENTS_RETENTION_S": "3600"})
     assert "DMWORKER_CALLBACK_MAX_AGE_S" in str(e.value) and "s3cret" not in str(e.value)
+
+
+def test_a_throttle_pause_and_its_successful_probe_are_account_events(env):
+    _s, store, ob, _w = env
+    j1, j2 = ob.send_text("4701", "a"), ob.send_text("4702", "b")
+    t = store._redis_now_ms()
+    assert store.step(ACCOUNT, "4701", "w1", acquire=True, now_ms=t).job_id == j1.id
+    throttled = {"o": "throttled", "reason": "throttled", "pause_ms": 1000}
+    store.step(ACCOUNT, "4701", "w1", acquire=False, prev_id=j1.id, outcome=throttled, now_ms=t + 1)
+    probe = store.step(ACCOUNT, "4702", "w2", acquire=True, now_ms=t + 1500)
+    assert probe.job_id == j2.id
+    store.step(
+        ACCOUNT,
+        "4702",
+        "w2",
+        acquire=False,
+        prev_id=j2.id,
+        outcome={"o": "sent", "mid": "m1"},
+        now_ms=t + 1600,
+    )
+    events = [e for e in read(store, ACCOUNT) if e.type.startswith("account.")]
+    assert [(e.type, e.data["reason"]) for e in events] == [
+        ("account.paused", "throttled"),
+        ("account.resumed", "throttled"),
+    ]
+    assert events[0].data["until_ms"] == t + 1 + 1000

@@ -47,6 +47,14 @@ local function set_pause(untl, reason, fails, fp, detail)
     reason = reason, until_ms = reason == 'token_invalid' and cjson.null or untl, detail = detail or ''})
 end
 
+-- the probe after a pause got an answer that is not a throttle: the pause is over
+local function end_pause()
+  local reason = pause.reason
+  redis.call('DEL', KEYS[14])
+  pause = read_pause()
+  emit({type = 'account.resumed', reason = reason or 'throttled'})
+end
+
 -- 1. the outcome of the previous send (fenced by the holder token stored in the job status)
 local prev = ARGV[9]
 if prev ~= '' then
@@ -64,7 +72,7 @@ if prev ~= '' then
         redis.call('HSET', KEYS[16], o.cmt, 'used')
         if not redis.call('ZSCORE', KEYS[18], o.cmt) then redis.call('ZADD', KEYS[18], now_ms, o.cmt) end
       end
-      if was_probe then redis.call('DEL', KEYS[14]); pause = read_pause() end
+      if was_probe then end_pause() end
       local e2e = (now_ms - tonumber(st.due_ms or st.created_ms or now_ms)) / 1000
       local bucket = '+Inf'
       for _, b in ipairs(E2E_BUCKETS_S) do if e2e <= b then bucket = tostring(b); break end end
@@ -74,7 +82,7 @@ if prev ~= '' then
       if redis.call('LINDEX', KEYS[9], 0) == prev then redis.call('LPOP', KEYS[9]) end
       finish(prev, st, 'sent', nil, false, now_ms)
     elseif o.o == 'failed' then
-      if was_probe then redis.call('DEL', KEYS[14]); pause = read_pause() end
+      if was_probe then end_pause() end
       if redis.call('LINDEX', KEYS[9], 0) == prev then redis.call('LPOP', KEYS[9]) end
       finish(prev, st, 'failed', o.err, o.dead, now_ms)
     elseif o.o == 'retry' then
@@ -82,7 +90,7 @@ if prev ~= '' then
       note(st, 'retry', o.err and (o.err.code or o.err.kind) and tostring(o.err.code or o.err.kind) or '')
       redis.call('HSET', KEYS[12], r, I(st.next_attempt_ms))
       redis.call('HINCRBY', K.stats, 'retried', 1)
-      if was_probe then redis.call('DEL', KEYS[14]); pause = read_pause() end
+      if was_probe then end_pause() end
       st_put(prev, st)
     elseif o.o == 'throttled' then
       -- concurrent throttled answers join one pause; only a failed probe escalates it
