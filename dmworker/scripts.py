@@ -32,6 +32,7 @@ NAMES = (
     "resume",
     "end_jobs",
     "claim",
+    "reschedule",
     "seen",
     "observe",
 )
@@ -81,12 +82,21 @@ def run(
     if pipe is not None:
         # a bare EVALSHA: redis-py's Script on a pipeline adds a SCRIPT EXISTS round trip per execute;
         # execute_pipeline() loads the scripts and runs the pipeline again on NOSCRIPT instead
-        return pipe.evalsha(script.sha, len(keys), *keys, *argv)
+        # (execute_command: a Redis Cluster pipeline blocks its evalsha() method, yet routes
+        # EVALSHA by its keys, all of one slot)
+        return pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv)
     return script(keys=keys, args=argv)
 
 
 def load_all(client: redis.Redis) -> None:
-    """Load every script into Redis (after a restart or a SCRIPT FLUSH)."""
+    """Load every script into Redis (after a restart or a SCRIPT FLUSH); on a Redis Cluster into
+    every primary (``SCRIPT LOAD`` is sent to all of them)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        for name in NAMES:
+            client.script_load(source(name))
+        return
     pipe = client.pipeline(transaction=False)
     for name in NAMES:
         pipe.script_load(source(name))
