@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 from redis.commands.core import Script
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 NAMES = (
@@ -82,9 +83,14 @@ def run(
     if pipe is not None:
         # a bare EVALSHA: redis-py's Script on a pipeline adds a SCRIPT EXISTS round trip per execute;
         # execute_pipeline() loads the scripts and runs the pipeline again on NOSCRIPT instead
-        # (execute_command: a Redis Cluster pipeline blocks its evalsha() method, yet routes
-        # EVALSHA by its keys, all of one slot)
-        return pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv)
+        # (execute_command: a Redis Cluster pipeline blocks its evalsha() method; it is routed here
+        # by the slot of its keys, all of one slot: left to itself, redis-py asks the server for the
+        # keys of each EVALSHA in a cluster pipeline, one COMMAND GETKEYS round trip per call)
+        options: dict[str, Any] = {}
+        nodes = getattr(pipe, "nodes_manager", None)
+        if nodes is not None and keys:
+            options["target_nodes"] = nodes.get_node_from_slot(key_slot(keys[0].encode()))
+        return pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv, **options)
     return script(keys=keys, args=argv)
 
 

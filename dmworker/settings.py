@@ -253,6 +253,8 @@ class Settings:
         token = r.str_("DMWORKER_ACCESS_TOKEN")
         if token and not default_account:
             default_account = "me"
+        if default_account:
+            check_hash_tag_safe(default_account, "DMWORKER_ACCOUNT_ID")
         if default_account and token:
             accounts[default_account] = AccountConfig(default_account, token)
         path = r.str_("DMWORKER_ACCOUNTS_FILE")
@@ -278,8 +280,8 @@ class Settings:
                 f"({events_keep} s): an event must outlive its delivery attempts, got {callback_age:g}"
             )
         return cls(
-            redis_url=r.str_("DMWORKER_REDIS_URL"),
-            key_prefix=r.str_("DMWORKER_KEY_PREFIX") or "dmw",
+            redis_url=_redis_url(r.str_("DMWORKER_REDIS_URL"), r.str_("DMWORKER_BROKER_URL")),
+            key_prefix=_key_prefix(r.str_("DMWORKER_KEY_PREFIX") or "dmw"),
             broker_url=r.str_("DMWORKER_BROKER_URL"),
             data_dir=r.str_("DMWORKER_DATA_DIR") or str(Path.home() / ".local" / "share" / "dmworker"),
             graph_url=(r.str_("DMWORKER_GRAPH_URL") or DEFAULT_GRAPH_URL).rstrip("/"),
@@ -406,6 +408,7 @@ def _load_accounts_file(path: str) -> list[AccountConfig]:
     out = []
     for acct_id, conf in raw.items():
         where = f"{var} ({path}) account {acct_id!r}"
+        check_hash_tag_safe(acct_id, where)
         if not isinstance(conf, dict) or not isinstance(conf.get("access_token"), str):
             raise ConfigError(f"{where}: expected an object with a string 'access_token'")
         unknown = set(conf) - {"access_token", "graph_url", "rates", "burst", "login", "page_id"}
@@ -492,4 +495,45 @@ def _callback_url(url: str | None, secret: str | None) -> str | None:
         raise ConfigError(f"DMWORKER_CALLBACK_URL: {problem}")
     if not secret:
         raise ConfigError("DMWORKER_CALLBACK_SECRET: required when DMWORKER_CALLBACK_URL is set")
+    return url
+
+
+def check_hash_tag_safe(value: str, name: str) -> str:
+    """``value`` if it holds no ``{`` or ``}``: one account's keys share the hash tag
+    ``{<account>}`` (and the prefix comes before it), so a brace would move keys of one account to
+    different Redis Cluster slots.
+
+    Raises:
+        ConfigError: naming ``name``, when ``value`` contains ``{`` or ``}``.
+    """
+    if "{" in value or "}" in value:
+        raise ConfigError(
+            f"{name}: must not contain '{{' or '}}' (they would break the hash tag), got {value!r}"
+        )
+    return value
+
+
+def _key_prefix(prefix: str) -> str:
+    """``DMWORKER_KEY_PREFIX`` checked.
+
+    Raises:
+        ConfigError: a prefix with ``{`` or ``}``.
+    """
+    return check_hash_tag_safe(prefix, "DMWORKER_KEY_PREFIX")
+
+
+def _redis_url(url: str | None, broker: str | None) -> str | None:
+    """``DMWORKER_REDIS_URL`` checked at start (:func:`dmworker.redisconn.parse_redis_url`); a Redis
+    Cluster needs ``DMWORKER_BROKER_URL``.  Errors never show the URL's password.
+
+    Raises:
+        ConfigError: an unknown scheme or a malformed Sentinel/Cluster URL; a cluster without a
+            separate broker.
+    """
+    if url is None:
+        return None
+    from .redisconn import check_broker, check_redis_url
+
+    check_redis_url(url)
+    check_broker(Settings(redis_url=url, broker_url=broker))
     return url

@@ -12,9 +12,12 @@ import pytest
 from ha_servers import Cluster, PlainRedis, redis_server_binary, spread_accounts, worker_scenario
 
 from dmworker import redisconn, scripts
+from dmworker.accounts import Accounts
 from dmworker.dispatcher import Dispatcher
+from dmworker.errors import ValidationError
 from dmworker.keys import AccountKeys
 from dmworker.outbox import Outbox
+from dmworker.registry import AccountError
 from dmworker.settings import AccountConfig, ConfigError, Rate, Settings
 from dmworker.testing import ProcessGroup, wait_until
 
@@ -152,3 +155,23 @@ def test_worker_scenario_on_the_cluster_loses_nothing_and_keeps_order(
     assert acc.accepted == 600 and acc.delivered == 600, str(acc)
     assert acc.lost == 0 and acc.reordered == 0 and acc.unexpected == 0 and acc.dead == 0, str(acc)
     assert acc.duplicated <= doubt, str(acc)
+
+
+def test_prefixes_and_account_ids_that_would_break_the_hash_tag_are_refused(csettings: Settings) -> None:
+    # Given braces in the prefix or in a configured account id, When the settings are read,
+    # Then the process does not start
+    for env, var in (
+        ({"DMWORKER_KEY_PREFIX": "dmw{x}"}, "DMWORKER_KEY_PREFIX"),
+        ({"DMWORKER_ACCOUNT_ID": "178{1}", "DMWORKER_ACCESS_TOKEN": "t"}, "DMWORKER_ACCOUNT_ID"),
+        ({"DMWORKER_REDIS_URL": "redis+cluster://:pw@h:7000"}, "DMWORKER_BROKER_URL"),
+    ):
+        with pytest.raises(ConfigError, match=var) as e:
+            Settings.from_env(env)
+        assert "pw" not in str(e.value)
+    # and a send for such an account is refused at enqueue, nothing written
+    ob = Outbox(settings=csettings, client=redisconn.client(csettings))
+    with pytest.raises(ValidationError):
+        ob.send_text("41", "hi", account="178{x}")
+    # and the registry refuses to register one
+    with pytest.raises(AccountError):
+        Accounts(settings=csettings, client=redisconn.client(csettings)).add("178{x}", "IGAAx")
