@@ -71,7 +71,6 @@ def drive(sandbox: Any, seconds: float, rate: int, retention_s: int | None) -> d
                     to_cancel.append((now + 1.0, job.id))
             while to_cancel and to_cancel[0][0] <= now:
                 ob.cancel(to_cancel.pop(0)[1])
-            disp._accounts_at = float("-inf")
             disp.tick()
             trim_due(store)
             lanes, published[:] = list(dict.fromkeys(published)), []

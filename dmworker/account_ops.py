@@ -85,6 +85,9 @@ class AccountOps:
         lifted, woken, left = (
             int(x) for x in scripts.run(self.redis, "resume", keys, [mode, fp, batch, keep], now_ms)
         )
+        if lifted:  # the woken lanes are due now
+            wall = now_ms if now_ms is not None else int(time.time() * 1000)
+            self.redis.zadd(self.keys.due, {account: wall}, lt=True)
         if lifted and keep:
             self.redis.zadd(self.keys.events_active, {account: int(time.time() * 1000)})
         while left > 0 and lifted:

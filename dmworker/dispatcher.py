@@ -38,6 +38,9 @@ log = logging.getLogger("dmworker.dispatcher")
 Publish = Callable[[str, str], Any]
 Tokens = Callable[[str], str]
 
+#: Accounts dispatched per pass, and how long a claimed account is left to its claimer (ms).
+DUE_ACCOUNTS = 500
+DUE_LEASE_MS = 10_000
 #: Accounts trimmed per housekeeping pass, jobs (and records) removed per account per call, and
 #: how long a claimed account is left to its claimer.
 TRIM_ACCOUNTS = 200
@@ -54,7 +57,7 @@ class TickResult:
 
 
 class Dispatcher:
-    """One dispatcher loop over every account that has jobs."""
+    """One dispatcher loop over the accounts that have something due (``P:due``)."""
 
     def __init__(
         self, store: LaneStore, publish: Publish, name: str | None = None, tokens: Tokens | None = None
@@ -63,34 +66,50 @@ class Dispatcher:
         self.publish = publish
         self.name = name or f"{socket.gethostname()}:{id(self):x}"
         self.tokens = tokens
-        self._accounts: list[str] = []
-        self._accounts_at = 0.0
         self._last_trim = 0.0
         self._last_beat = 0.0
         self._last_reauth = 0.0
+        self._backfilled = False
 
-    def accounts(self) -> list[str]:
-        if time.monotonic() - self._accounts_at > 1.0:
-            self._accounts = sorted(self.store.redis.smembers(self.store.keys.accounts))
-            self._accounts_at = time.monotonic()
-        return self._accounts
+    def _backfill(self) -> None:
+        """Once per deployment: schedule every known account (data written before ``P:due``)."""
+        self._backfilled = True
+        r = self.store.redis
+        if not r.set(f"{self.store.keys.due}:backfilled", 1, nx=True):
+            return
+        batch: list[str] = []
+        for account in r.sscan_iter(self.store.keys.accounts, count=1000):
+            batch.append(account)
+            if len(batch) >= 1000:
+                r.zadd(self.store.keys.due, dict.fromkeys(batch, 0), nx=True)
+                batch = []
+        if batch:
+            r.zadd(self.store.keys.due, dict.fromkeys(batch, 0), nx=True)
 
     def tick(self, now_ms: int | None = None) -> TickResult:
-        """One pass over every account: one pipelined round trip, then promotions where due."""
+        """One pass over the accounts that are due: claim them, one pipelined round trip of
+        ``dispatch`` for all of them, promotions where due, then when each is next due."""
+        if not self._backfilled:
+            self._backfill()
         res = TickResult()
-        accounts = self.accounts()
+        keys = self.store.keys
+        got = scripts.run(self.store.redis, "claim", [keys.due], [DUE_LEASE_MS, DUE_ACCOUNTS], now_ms)
+        now, accounts = int(got[0]), list(got[1:])
+        res.now_ms = now
         if not accounts:
+            first = self.store.redis.zrange(keys.due, 0, 0, withscores=True)
+            res.next_due_ms = int(first[0][1]) if first else None
             return res
 
         def build(pipe: Any) -> None:
             for account in accounts:
                 self.store.dispatch(account, now_ms=now_ms, pipe=pipe)
 
+        plan: list[Any] = []
+        grace = self.store.settings.dispatch_grace_ms
         for account, raw in zip(accounts, scripts.execute_pipeline(self.store.redis, build), strict=True):
             d = self.store.parse_dispatch(raw)
-            res.now_ms = d.now_ms
-            if d.next_ms is not None and (res.next_due_ms is None or d.next_ms < res.next_due_ms):
-                res.next_due_ms = d.next_ms
+            nxt = d.next_ms
             for rec in d.lanes:
                 self.publish(account, rec)
                 res.published += 1
@@ -107,7 +126,12 @@ class Dispatcher:
                     self.publish(account, rec)
                     res.published += 1
                 if len(d.followups) >= 1000:
-                    res.next_due_ms = d.now_ms  # more may be due: look again at once
+                    nxt = now  # more may be due: look again at once
+            if d.lanes or d.followups:  # what was published comes back after its grace if lost
+                nxt = min(nxt, now + grace) if nxt is not None else now + grace
+            plan += [account, now + DUE_LEASE_MS, -1 if nxt is None else nxt]
+        first = scripts.run(self.store.redis, "reschedule", [keys.due], plan, now_ms)
+        res.next_due_ms = None if int(float(first)) < 0 else int(float(first))
         return res
 
     def housekeeping(self) -> None:

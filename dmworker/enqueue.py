@@ -203,7 +203,18 @@ class Enqueuer(BatchOps):
             {p.account for p in prepared if p.opts.get("replace")} if self.store.events_keep_ms else set()
         )
 
+        # when each account next has something to dispatch: a follow-up's due time, or (for a lane a
+        # producer publishes) its grace, after which a lost message is published again
+        due: dict[str, int] = {}
+        for p in prepared:
+            o = p.opts
+            when = o["at_ms"] or (
+                wall + o["delay_ms"] if o["delay_ms"] else wall + self.settings.dispatch_grace_ms
+            )
+            due[p.account] = min(due.get(p.account, when), when)
+
         def build(pipe: Any) -> None:
+            pipe.zadd(self.store.keys.due, due, lt=True)
             if replacing:
                 pipe.zadd(self.store.keys.events_active, dict.fromkeys(replacing, wall))
             if new_accounts:
@@ -233,7 +244,7 @@ class Enqueuer(BatchOps):
 
         replies = scripts.execute_pipeline(self.redis, build)
         self._known_accounts |= new_accounts
-        replies = replies[(2 if new_accounts else 0) + (1 if replacing else 0) :]
+        replies = replies[1 + (2 if new_accounts else 0) + (1 if replacing else 0) :]
         out: list[Job] = []
         to_publish: list[tuple[str, str]] = []
         refusal: Exception | None = None

@@ -39,6 +39,8 @@ Global (never used inside a script together with account keys)::
     P:accounts            SET   accounts that ever had a job
     P:workers             ZSET  worker name -> last heartbeat ms
     P:housekeep           ZSET  account -> ms its trimming is next due (only accounts with data)
+    P:due                 ZSET  account -> ms it next has a lane or follow-up to dispatch (dispatchers
+                                visit only these: idle accounts cost nothing)
     P:reauth              ZSET  account -> ms Meta refused its token (checked for a new token)
     P:refused             HASH  enqueue refusals by reason (validation, window, key_exists, ...)
     P:events:active       ZSET  account -> ms it last wrote an event (event consumers read these)
@@ -210,6 +212,10 @@ class Keys:
     @property
     def reauth(self) -> str:
         return f"{self.prefix}:reauth"
+
+    @property
+    def due(self) -> str:
+        return f"{self.prefix}:due"
 
     @property
     def events_active(self) -> str:

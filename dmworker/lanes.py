@@ -238,6 +238,8 @@ class LaneStore(AccountOps):
             now_ms,
         )
         if reply[0] == "replayed":
+            wall = now_ms if now_ms is not None else int(time.time() * 1000)
+            self.redis.zadd(self.keys.due, {account: wall + s.dispatch_grace_ms}, lt=True)
             return "replayed", bool(int(reply[1]))
         return reply[0], (reply[1] if len(reply) > 1 else None)
 

@@ -108,6 +108,7 @@ class LaneWorker:
         run.why = step.why
         if "reauth" in run.outcomes:  # the dispatchers resume it once a process has a new token
             self.store.redis.zadd(self.store.keys.reauth, {account: int(time.time() * 1000)}, nx=True)
+        self._schedule(account, step)
         if step.action == "yield" and publish is not None:
             publish(account, recipient)
         if step.action == "lost":
@@ -116,6 +117,18 @@ class LaneWorker:
                 extra={"account": account, "recipient": recipient},
             )
         return run
+
+    def _schedule(self, account: str, step: Step) -> None:
+        """Make the dispatchers look at the account when the lane it left waiting is due again
+        (``P:due``: they visit only accounts with something due)."""
+        if step.action == "wait" and step.until_ms is not None:
+            at = step.until_ms
+        elif step.action == "yield":  # published again by this worker; looked at if that is lost
+            clock = self.clock()
+            at = (clock if clock is not None else int(time.time() * 1000)) + self.settings.lease_ms
+        else:
+            return
+        self.store.redis.zadd(self.store.keys.due, {account: at}, lt=True)
 
     def _record(
         self,

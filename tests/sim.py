@@ -67,7 +67,6 @@ class Sim:
     def run_due(self) -> None:
         """Everything the processes would do at ``now``, until nothing more is due at ``now``."""
         for _ in range(10_000):
-            self.dispatcher._accounts_at = float("-inf")  # see new accounts at once
             self.dispatcher.tick(now_ms=self.now)
             trim_due(self.store, now_ms=self.now)
             check_reauth(self.store, self.worker.clients.token, now_ms=self.now)

@@ -141,8 +141,8 @@ local function wait(until_ms, why)
   return {'wait', I(until_ms), why}
 end
 
-if ARGV[11] == '1' then
-  redis.call('ZADD', KEYS[11], now_ms, r)
+if ARGV[11] == '1' then  -- handed back: its holder publishes it again (looked at after a lease if lost)
+  redis.call('ZADD', KEYS[11], now_ms + lease_ms, r)
   redis.call('DEL', KEYS[10])
   return {'yield'}
 end
