@@ -81,7 +81,7 @@ class AccountOps:
         """
         k = self.acct(account)
         fp = token_fingerprint(token) if token else ""
-        keys, keep = [k.pause, k.ready, k.events], self.events_keep_ms
+        keys, keep = [k.pause, k.ready, k.events, k.readyh, k.readyl], self.events_keep_ms
         lifted, woken, left = (
             int(x) for x in scripts.run(self.redis, "resume", keys, [mode, fp, batch, keep], now_ms)
         )

@@ -151,11 +151,13 @@ def account_states(store: LaneStore) -> list[AccountState]:
         pipe.hgetall(k.pause)
         pipe.hget(k.usage, "call_count_pct")
         pipe.hget(k.limiter, "slow")
-        pipe.zcard(k.ready)
+        for ready in k.ready_sets:
+            pipe.zcard(ready)
         pipe.zcard(k.sched)
         pipe.zcard(k.dlq)
         pipe.hgetall(k.stats)
-        pause, usage, slow, lanes, sched, dlq, stats = pipe.execute()
+        pause, usage, slow, lanes_h, lanes_n, lanes_l, sched, dlq, stats = pipe.execute()
+        lanes = int(lanes_h) + int(lanes_n) + int(lanes_l)
         until = int(pause["until"]) if pause.get("until") else None
         active = until is not None and (until > now or pause.get("reason") == "token_invalid")
         out.append(

@@ -47,6 +47,12 @@ def register(sub: Any) -> None:
 
     bulk = add_parser(sub, "bulk", "queue many jobs from a JSON-lines file, with a progress bar")
     bulk.add_argument("file", help="one JSON job per line (as for POST /v1/messages); - = stdin")
+    bulk.add_argument(
+        "--priority",
+        choices=("high", "normal", "low"),
+        default="low",
+        help="priority of the lines that give none (a broadcast should not delay live replies)",
+    )
     bulk.set_defaults(handler=bulk_)
 
     st = add_parser(
@@ -132,7 +138,7 @@ def bulk_(ns: argparse.Namespace) -> int:
     finally:
         if stream is not sys.stdin:
             stream.close()
-    jobs = Outbox().send_many(items, progress=True)
+    jobs = Outbox().send_many(items, progress=True, priority=ns.priority)
     print(f"queued {len(jobs)} jobs ({sum(j.duplicate for j in jobs)} already known by idempotency key)")
     return 0
 

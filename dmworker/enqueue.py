@@ -38,7 +38,10 @@ OPTIONS = (
     "idempotency_key",
     "ttl",
     "expires_at",
+    "priority",
 )
+#: ``priority=`` values: between the lanes of one account, high goes before normal before low.
+PRIORITIES = ("high", "normal", "low")
 
 Clock = Callable[[], "int | None"]
 
@@ -156,6 +159,9 @@ class Enqueuer(BatchOps):
             raise ValidationError(
                 {"cancel_on_reply": ["a private reply answers a comment: there is no reply to cancel it on"]}
             )
+        priority = opts.get("priority", "normal")
+        if priority not in PRIORITIES:
+            raise ValidationError({"priority": ["must be one of high, normal, low"]})
         delay_ms, at_ms = due_ms(opts.get("delay"), opts.get("at"))
         ttl_ms, expires_at_ms = expiry_ms(opts.get("ttl"), opts.get("expires_at"))
         for name in ("key", "idempotency_key"):
@@ -238,6 +244,7 @@ class Enqueuer(BatchOps):
                     window_limit_ms=p.window_limit_ms,
                     ttl_ms=o["ttl_ms"],
                     expires_at_ms=o["expires_at_ms"],
+                    priority=o.get("priority") or "normal",
                     now_ms=now,
                     pipe=pipe,
                 )

@@ -236,12 +236,15 @@ def _delete_lanes(r: Any, k: AccountKeys, igsid: str, lanes: Iterable[str]) -> i
         pipe.zrem(k.ready, lane)
         pipe.hdel(k.hold, lane)
         pipe.hdel(k.limiter, f"th:{lane}")
+        for key in (k.readyh, k.readyl, k.admitted):
+            pipe.zrem(key, lane)
+        pipe.hdel(k.lane_priority, lane)
     pipe.delete(k.legacy_cancel_on_reply(igsid))
     replies = pipe.execute()
     members = r.zrangebylex(k.cancel_on_reply, f"[{igsid}|", f"[{igsid}|\xff")
     if members:
         r.zrem(k.cancel_on_reply, *members)
-    return sum(int(replies[i * 5]) for i in range(len(names)))
+    return sum(int(replies[i * 9]) for i in range(len(names)))
 
 
 def _delete_window_and_comments(r: Any, k: AccountKeys, igsid: str, comment_ids: list[str]) -> int:

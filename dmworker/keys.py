@@ -11,7 +11,12 @@ Per account ``A`` (prefix ``P``, default ``dmw``)::
     P:{A}:st              HASH  job id -> status record JSON (dmworker.lifecycle.StatusRecord)
     P:{A}:lane:<r>        LIST  job ids of recipient r, FIFO (head = next to send)
     P:{A}:lease:<r>       STR   token of the worker holding lane r (PX = lease)
-    P:{A}:ready           ZSET  recipient -> ms when the lane should next be looked at
+    P:{A}:ready           ZSET  recipient -> ms when the lane should next be looked at (normal
+                                priority; readyh: high, readyl: low — between lanes, high goes first)
+    P:{A}:lprio           HASH  lane -> its priority, h or l (normal when absent; cleared when empty)
+    P:{A}:adm             ZSET  lane -> ms its Celery message was published, until a worker takes it
+                                (with held: at most the admission budget per account)
+    P:{A}:held            ZSET  lane -> lease expiry ms while a worker holds it (in-flight cap)
     P:{A}:sched           ZSET  job id -> due ms (delayed follow-ups)
     P:{A}:fkey            HASH  follow-up key -> job id
     P:{A}:cor             ZSET  "<r>|<job id>" (score 0, read by lex range): cancel-on-reply jobs
@@ -116,9 +121,44 @@ class AccountKeys:
         """The comments ``author`` wrote (found by :func:`dmworker.forget.forget_person`)."""
         return f"{self.base}:cmta:{author}"
 
+    @property
+    def readyh(self) -> str:
+        return f"{self.base}:readyh"
+
+    @property
+    def readyl(self) -> str:
+        return f"{self.base}:readyl"
+
+    @property
+    def ready_sets(self) -> tuple[str, str, str]:
+        """The ready sets, high priority first."""
+        return (self.readyh, self.ready, self.readyl)
+
+    @property
+    def lane_priority(self) -> str:
+        return f"{self.base}:lprio"
+
+    @property
+    def admitted(self) -> str:
+        return f"{self.base}:adm"
+
+    @property
+    def held(self) -> str:
+        return f"{self.base}:held"
+
     def tail(self) -> list[str]:
-        """The last three KEYS of every lifecycle script, in this order."""
-        return [self.mids, self.unseen, self.events]
+        """The last KEYS of every lifecycle script, in this order (see ``lua/_lifecycle.lua``)."""
+        return [
+            self.ready,
+            self.readyh,
+            self.readyl,
+            self.lane_priority,
+            self.admitted,
+            self.held,
+            self.mids,
+            self.unseen,
+            self.events,
+        ]
 
     def block(self) -> list[str]:
         """The account block: ``KEYS[1..8]`` of every lifecycle script, in this order."""

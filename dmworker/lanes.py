@@ -97,7 +97,7 @@ class LaneStore(AccountOps):
         marked in ``P:events:active`` in the same round trip (consumers read only marked accounts)."""
         all_keys, leading = self._life(account, *keys)
         all_keys += self.acct(account).tail()
-        argv = [*leading, *args, self.events_keep_ms]
+        argv = [*leading, *args, self.settings.admit_budget(account), self.events_keep_ms]
         if pipe is not None or not emits or not self.events_keep_ms:
             return scripts.run(self.redis, name, all_keys, argv, now_ms, pipe=pipe)
 
@@ -124,6 +124,7 @@ class LaneStore(AccountOps):
         window_limit_ms: int = 0,
         ttl_ms: int | None = None,
         expires_at_ms: int | None = None,
+        priority: str = "normal",
         now_ms: int | None = None,
         pipe: Any = None,
     ) -> Any:
@@ -155,6 +156,7 @@ class LaneStore(AccountOps):
             "" if expires_at_ms is None else int(expires_at_ms),
             int(s.max_age_s * 1000),
             fingerprint,
+            {"high": "h", "low": "l"}.get(priority, "n"),
             len(jobs),
         ]
         for job_id, job_json, rate_class in jobs:
@@ -313,8 +315,14 @@ class LaneStore(AccountOps):
         reply = scripts.run(
             self.redis,
             "dispatch",
-            [k.ready, k.sched],
-            [self.settings.dispatch_grace_ms, limit, 1000],
+            [k.ready, k.sched, k.readyh, k.readyl, k.admitted, k.held],
+            [
+                self.settings.dispatch_grace_ms,
+                limit,
+                1000,
+                self.settings.admit_budget(account),
+                self.settings.admit_poll_ms,
+            ],
             now_ms,
             pipe=pipe,
         )

@@ -129,11 +129,18 @@ class Outbox(Enqueuer):
             self._count_refusal("validation")
             raise
 
-    def send_many(self, items: Iterable[Mapping[str, Any]], progress: bool = False) -> list[Job]:
+    def send_many(
+        self, items: Iterable[Mapping[str, Any]], progress: bool = False, priority: str = "normal"
+    ) -> list[Job]:
         """Queue many jobs in pipelined round trips; every item is validated before any is queued.
 
+        ``priority`` applies to the items that do not give their own: for a broadcast, ``"low"``
+        lets the account's replies to users who are writing right now (``normal``/``high``) go
+        first; the ``dmworker bulk`` command uses ``low``.
+
         Each item is ``{"kind": ..., "recipient": ..., <args>, [account, delay, at, key, replace,
-        cancel_on_reply, idempotency_key, ttl, expires_at]}``; ``kind: "sequence"`` takes ``steps``.
+        cancel_on_reply, idempotency_key, ttl, expires_at, priority]}``; ``kind: "sequence"`` takes
+        ``steps``.
         ``progress`` shows a progress bar on stderr.  All or nothing for every check that can
         refuse an item (validation, keys, windows, idempotency conflicts, expiry).
 
@@ -151,6 +158,7 @@ class Outbox(Enqueuer):
                 body = dict(item)
                 kind, recipient = body.pop("kind", None), body.pop("recipient", None)
                 opts = {k: body.pop(k) for k in OPTIONS if k in body}
+                opts.setdefault("priority", priority)
                 if not isinstance(kind, str):
                     raise ValidationError({"kind": ["missing or not a string"]})
                 if not isinstance(recipient, str):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -152,6 +153,9 @@ class Settings:
     dlq_max: int = 100_000
     usage_decay_s: float = 300.0
     events_retention_s: int = 86_400
+    admit_window_s: float = 1.0
+    admit_poll_ms: int = 10
+    max_in_flight: int = 64
     scheduler_tick_ms: int = 50
     embedded_scheduler: bool = True
     lane_batch: int = 50
@@ -219,6 +223,21 @@ class Settings:
         """
         burst = self.burst_for(account_id)
         return burst - 1 if burst >= 2 else burst
+
+    def admit_budget(self, account_id: str) -> int:
+        """How many lanes ``account_id`` may have in play — a message outstanding on the broker, or held
+        by a worker: what it can send in ``admit_window_s`` at its fastest rate, at most
+        ``max_in_flight``, at least 4; 0 = no limit (window 0).
+
+        Fairness between accounts: one account's backlog never puts more than this many messages
+        ahead of another account's in the queue, nor holds more than this many worker threads.
+        """
+        if self.admit_window_s <= 0:
+            return 0
+        per_s = max(
+            self.rate_for(account_id, k).count / self.rate_for(account_id, k).period_s for k in RATE_CLASSES
+        )
+        return max(4, min(self.max_in_flight, math.ceil(per_s * self.admit_window_s)))
 
     def graph_url_for(self, account_id: str) -> str:
         """The Graph base URL of ``account_id``: its own override, else the host of its login."""
@@ -308,6 +327,9 @@ class Settings:
             dlq_max=r.int_("DMWORKER_DLQ_MAX", 100_000),
             usage_decay_s=r.float_("DMWORKER_USAGE_DECAY_S", 300.0),
             events_retention_s=events_keep,
+            admit_window_s=r.float_("DMWORKER_ADMIT_WINDOW_S", 1.0, minimum=0.0),
+            admit_poll_ms=r.int_("DMWORKER_ADMIT_POLL_MS", 10),
+            max_in_flight=r.int_("DMWORKER_MAX_IN_FLIGHT", 64),
             scheduler_tick_ms=r.int_("DMWORKER_SCHEDULER_TICK_MS", 50),
             embedded_scheduler=r.bool_("DMWORKER_EMBEDDED_SCHEDULER", True),
             lane_batch=r.int_("DMWORKER_LANE_BATCH", 50),
@@ -362,7 +384,8 @@ class _Reader:
             raise ConfigError(f"{name}: expected an integer >= {minimum}, got {v!r}")
         return out
 
-    def float_(self, name: str, default: float) -> float:
+    def float_(self, name: str, default: float, minimum: float | None = None) -> float:
+        """A number above 0 (or at least ``minimum`` when given)."""
         v = self.str_(name)
         if v is None:
             return default
@@ -370,7 +393,10 @@ class _Reader:
             out = float(v)
         except ValueError:
             raise ConfigError(f"{name}: expected a number, got {v!r}") from None
-        if not out > 0:
+        if minimum is not None:
+            if not out >= minimum:
+                raise ConfigError(f"{name}: expected a number >= {minimum:g}, got {v!r}")
+        elif not out > 0:
             raise ConfigError(f"{name}: expected a positive number, got {v!r}")
         return out
 

@@ -82,7 +82,7 @@ class Sim:
         out = []
         for account in self.rdb.smembers(self.store.keys.accounts):
             k = self.store.acct(account)
-            for key in (k.ready, k.sched):
+            for key in (*k.ready_sets, k.sched):
                 first = self.rdb.zrange(key, 0, 0, withscores=True)
                 if first:
                     out.append(int(first[0][1]))

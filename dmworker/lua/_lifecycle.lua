@@ -8,14 +8,21 @@
 --   KEYS[7] stats  KEYS[8] cor
 --   ARGV[1] now override   ARGV[2] retention ms   ARGV[3] dead-letter retention ms
 --   ARGV[4] dead-letter cap (count)
--- and, LAST, three keys and one argument this prelude takes off (so each script's own KEYS and ARGV
--- read as its header says): KEYS[#KEYS-2] mids (message id -> job id), KEYS[#KEYS-1] unseen (sent
--- jobs not yet seen: "<lane>|<sent ms, 13 digits>|<job id>", by lex range), KEYS[#KEYS] events (the
--- account's event stream); ARGV[#ARGV] how long events are kept, ms (0 = no events).
+-- and, LAST, keys and arguments this prelude takes off (so each script's own KEYS and ARGV read as
+-- its header says), in this order: the lane-scheduling keys ready (normal priority), readyh (high),
+-- readyl (low), lprio (lane -> its priority, h or l; normal when absent), adm (lanes with a Celery
+-- message outstanding -> ms it was published), held (lanes a worker holds -> lease expiry ms); then mids (message id -> job id), unseen (sent jobs
+-- not yet seen: "<lane>|<sent ms, 13 digits>|<job id>", by lex range), events (the account's event
+-- stream); ARGV: the admission budget (lane messages an account may have outstanding; 0 = no
+-- limit), then how long events are kept, ms (0 = no events).
 local EVENTS, UNSEEN, MIDS = table.remove(KEYS), table.remove(KEYS), table.remove(KEYS)
+local HELD, ADM, LPRIO, READYL, READYH, READY = table.remove(KEYS), table.remove(KEYS), table.remove(KEYS),
+  table.remove(KEYS), table.remove(KEYS), table.remove(KEYS)
 local EVENTS_KEEP_MS = tonumber(table.remove(ARGV))
+local ADMIT_MAX = tonumber(table.remove(ARGV))
 local K = {jobs = KEYS[1], st = KEYS[2], sched = KEYS[3], fkey = KEYS[4], done = KEYS[5],
-  dlq = KEYS[6], stats = KEYS[7], cor = KEYS[8], mids = MIDS, unseen = UNSEEN, events = EVENTS}
+  dlq = KEYS[6], stats = KEYS[7], cor = KEYS[8], mids = MIDS, unseen = UNSEEN, events = EVENTS,
+  ready = READY, readyh = READYH, readyl = READYL, lprio = LPRIO, adm = ADM, held = HELD}
 local ACCOUNT = string.match(KEYS[1], '{(.-)}') or ''
 local RETENTION_MS, DLQ_RETENTION_MS, DLQ_MAX = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local LIVE = {scheduled = true, queued = true, waiting = true}
@@ -46,6 +53,54 @@ local function note(st, what, detail)
     if #h > HISTORY_MAX then table.remove(h, 2) end
   end
   st.history = h
+end
+
+-- lanes and their priority: a lane waits in the ready set of its priority; between lanes, high goes
+-- before normal before low (a lane itself stays FIFO)
+local PRIO_RANK = {h = 3, n = 2, l = 1}
+local function lane_prio(lane) return redis.call('HGET', K.lprio, lane) or 'n' end
+local function ready_of(p) return (p == 'h' and K.readyh) or (p == 'l' and K.readyl) or K.ready end
+local function set_prio(lane, p)
+  if p == 'n' then redis.call('HDEL', K.lprio, lane) else redis.call('HSET', K.lprio, lane, p) end
+end
+-- a job of priority p joins lane: a new lane takes p; a waiting lane is raised to p if p is higher
+local function join_lane(lane, p, was_empty)
+  local cur = lane_prio(lane)
+  if was_empty then
+    local s = redis.call('ZSCORE', ready_of(cur), lane)
+    set_prio(lane, p)
+    if s and cur ~= p then redis.call('ZREM', ready_of(cur), lane); redis.call('ZADD', ready_of(p), s, lane) end
+    return
+  end
+  if PRIO_RANK[p] <= PRIO_RANK[cur] then return end
+  set_prio(lane, p)
+  local s = redis.call('ZSCORE', ready_of(cur), lane)
+  if s then redis.call('ZREM', ready_of(cur), lane); redis.call('ZADD', ready_of(p), s, lane) end
+end
+
+-- a lane has become ready: publish it now if the account's admission budget allows (its Celery
+-- message is then outstanding until a worker takes it), else leave it due for a dispatcher, which
+-- admits lanes as messages are taken. Returns whether to publish.
+-- lanes of the account counted against its budget: messages outstanding, and lanes being worked on
+-- (a worker holds them): an account whose sends hang cannot take more than its budget of threads
+local function in_use(grace_ms)
+  redis.call('ZREMRANGEBYSCORE', K.adm, '-inf', now_ms - grace_ms)  -- messages presumed lost
+  redis.call('ZREMRANGEBYSCORE', K.held, '-inf', now_ms)            -- holders presumed dead
+  return redis.call('ZCARD', K.adm) + redis.call('ZCARD', K.held)
+end
+
+local function admit(lane, grace_ms)
+  local rq = ready_of(lane_prio(lane))
+  if redis.call('ZSCORE', rq, lane) then return false end
+  if ADMIT_MAX > 0 then
+    if in_use(grace_ms) >= ADMIT_MAX then
+      redis.call('ZADD', rq, now_ms, lane)
+      return false
+    end
+    redis.call('ZADD', K.adm, now_ms, lane)
+  end
+  redis.call('ZADD', rq, now_ms + grace_ms, lane)
+  return true
 end
 
 local function recipient_of(st)

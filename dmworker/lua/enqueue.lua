@@ -1,21 +1,23 @@
 -- enqueue: accept one job or an ordered unit of jobs (a sequence) for ONE lane, atomically.
--- KEYS[1..8] account block (see _lifecycle.lua)   KEYS[9] lane:<r>   KEYS[10] ready
+-- KEYS[1..8] account block (see _lifecycle.lua)   KEYS[9] lane:<r>   KEYS[10] ready (unused: the
+-- prelude's lane-scheduling keys decide)
 -- KEYS[11] idem:<k> (or a dummy)   KEYS[12] win
 -- ARGV[1..4] clock and retention (see _lifecycle.lua)   ARGV[5] lane (recipient, 'c:<id>' for a
 -- private reply)   ARGV[6] delay ms ('' = none)   ARGV[7] at ms ('' = none)
 -- ARGV[8] idempotency ttl s (0 = no key)   ARGV[9] follow-up key ('')   ARGV[10] replace (0/1)
 -- ARGV[11] cancel_on_reply (0/1)   ARGV[12] window limit ms (0 = no check)   ARGV[13] dispatch grace ms
 -- ARGV[14] ttl ms ('' = none)   ARGV[15] expires_at ms ('' = none)   ARGV[16] maximum age ms
--- ARGV[17] request fingerprint (for the idempotency key)   ARGV[18] n
--- then n x (job id, job json, rate class) from ARGV[19]
+-- ARGV[17] request fingerprint (for the idempotency key)   ARGV[18] priority (h | n | l)   ARGV[19] n
+-- then n x (job id, job json, rate class) from ARGV[20]
 -- Returns {"new", publish(0/1), due_ms, ids...}
 --       | {"dup", 0, 0, ids...} (idempotency key seen with the same request, or this very call
 --         already ran: its first job id exists)
 --       | {"idemconflict", 0, 0, ids...} (idempotency key seen with a different request)
 --       | {"keyexists", existing id} | {"window", closes_at_ms or -1} | {"expiry", due_ms}
 local lane = ARGV[5]
-local n = tonumber(ARGV[18])
-local function arg(i, j) return ARGV[18 + 3 * (i - 1) + j] end
+local n = tonumber(ARGV[19])
+local prio = ARGV[18]
+local function arg(i, j) return ARGV[19 + 3 * (i - 1) + j] end
 -- a retried call whose first run succeeded (its reply was lost): the same ids, never queued twice
 if redis.call('HEXISTS', K.jobs, arg(1, 1)) == 1 then
   local out = {'dup', 0, 0}
@@ -63,6 +65,7 @@ if key ~= '' then
   end
 end
 local scheduled = due > now_ms
+local was_empty = redis.call('LLEN', KEYS[9]) == 0
 local ids = {}
 local group = n > 1 and string.sub(arg(1, 1), 1, -4) or nil
 for i = 1, n do
@@ -71,7 +74,8 @@ for i = 1, n do
   redis.call('HSET', K.jobs, id, arg(i, 2))
   local st = {state = scheduled and 'scheduled' or 'queued', attempts = 0, rate_class = arg(i, 3),
     kind = cjson.decode(arg(i, 2)).kind, lane = lane, created_ms = now_ms, updated_ms = now_ms,
-    due_ms = due, expires_at_ms = expires, ttl_ms = ttl_ms, group = group, group_size = group and n or nil}
+    due_ms = due, expires_at_ms = expires, ttl_ms = ttl_ms, group = group, group_size = group and n or nil,
+    priority = prio ~= 'n' and prio or nil}
   note(st, 'accepted')
   if scheduled then note(st, 'scheduled', I(due)) end
   if key ~= '' then st.key = key end
@@ -88,9 +92,9 @@ if tonumber(ARGV[8]) > 0 then
 end
 redis.call('HINCRBY', K.stats, 'accepted', n)
 local publish = 0
-if not scheduled and not redis.call('ZSCORE', KEYS[10], lane) then
-  redis.call('ZADD', KEYS[10], now_ms + tonumber(ARGV[13]), lane)
-  publish = 1
+if not scheduled then
+  join_lane(lane, prio, was_empty)
+  if admit(lane, tonumber(ARGV[13])) then publish = 1 end
 end
 local out = {'new', publish, I(due)}
 for _, id in ipairs(ids) do out[#out + 1] = id end

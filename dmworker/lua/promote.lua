@@ -16,12 +16,11 @@ for i = 1, n do
         st.state = 'queued'; st.updated_ms = now_ms; st.promoted_ms = now_ms
         note(st, 'promoted')
         st_put(id, st)
+        local was_empty = redis.call('LLEN', KEYS[9 + i]) == 0
         redis.call('RPUSH', KEYS[9 + i], id)
         promoted = promoted + 1
-        if not redis.call('ZSCORE', KEYS[9], r) then
-          redis.call('ZADD', KEYS[9], now_ms + tonumber(ARGV[5]), r)
-          publish[#publish + 1] = r
-        end
+        join_lane(r, st.priority or 'n', was_empty)
+        if admit(r, tonumber(ARGV[5])) then publish[#publish + 1] = r end
       end
     end
   end

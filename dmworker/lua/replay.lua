@@ -13,10 +13,8 @@ st.dead_lettered = nil; st.holder = nil; st.next_attempt_ms = nil; st.ended_ms =
 st.expires_at_ms = now_ms + (st.ttl_ms or tonumber(ARGV[8]))
 note(st, 'replayed')
 st_put(id, st)
+local was_empty = redis.call('LLEN', KEYS[9]) == 0
 redis.call('RPUSH', KEYS[9], id)
-local publish = 0
-if not redis.call('ZSCORE', KEYS[10], ARGV[6]) then
-  redis.call('ZADD', KEYS[10], now_ms + tonumber(ARGV[7]), ARGV[6])
-  publish = 1
-end
+join_lane(ARGV[6], st.priority or 'n', was_empty)
+local publish = admit(ARGV[6], tonumber(ARGV[7])) and 1 or 0
 return {'replayed', publish}

@@ -1,5 +1,6 @@
 -- resume: lift an account's pause and wake the lanes parked behind it, a batch per call.
--- KEYS[1] pause   KEYS[2] ready   KEYS[3] events (the account's event stream)
+-- KEYS[1] pause   KEYS[2] ready   KEYS[3] events (the account's event stream)   KEYS[4] readyh
+-- KEYS[5] readyl
 -- ARGV[1] now override   ARGV[2] 'any' (lift whatever pause) | 'token' (lift only a refused-token
 -- pause, and only when ARGV[3] is a different, non-empty token fingerprint) | 'wake' (only wake)
 -- ARGV[3] fingerprint of the token now configured   ARGV[4] at most this many lanes woken
@@ -26,6 +27,13 @@ if mode ~= 'wake' then
   if lifted == 0 then return {0, 0, 0} end
 end
 -- parked lanes sleep about ten years ahead (step.lua PARK_MS); anything a year out is parked
-local parked = redis.call('ZRANGEBYSCORE', KEYS[2], now_ms + 31536000000, '+inf', 'LIMIT', 0, tonumber(ARGV[4]))
-for _, r in ipairs(parked) do redis.call('ZADD', KEYS[2], now_ms, r) end
-return {lifted, #parked, redis.call('ZCOUNT', KEYS[2], now_ms + 31536000000, '+inf')}
+local woken, left = 0, 0
+for _, rq in ipairs({KEYS[4], KEYS[2], KEYS[5]}) do
+  local room = tonumber(ARGV[4]) - woken
+  local parked = room > 0 and redis.call('ZRANGEBYSCORE', rq, now_ms + 31536000000, '+inf', 'LIMIT', 0, room)
+    or {}
+  for _, r in ipairs(parked) do redis.call('ZADD', rq, now_ms, r) end
+  woken = woken + #parked
+  left = left + redis.call('ZCOUNT', rq, now_ms + 31536000000, '+inf')
+end
+return {lifted, woken, left}

@@ -2,7 +2,7 @@
 -- the account pause, skip ended jobs, expire what is too old, honour the lane hold (typing pause,
 -- retry backoff), take a rate-limiter decision (GCRA on the Redis clock) and hand out the next job.
 -- KEYS[1..8] account block (see _lifecycle.lua)   KEYS[9] lane:<r>   KEYS[10] lease:<r>
--- KEYS[11] ready   KEYS[12] hold   KEYS[13] rl   KEYS[14] pause   KEYS[15] win   KEYS[16] cmt
+-- KEYS[11] ready (unused: the prelude's lane-scheduling keys decide)   KEYS[12] hold   KEYS[13] rl   KEYS[14] pause   KEYS[15] win   KEYS[16] cmt
 -- KEYS[17] usage   KEYS[18] cmtt
 -- ARGV[1..4] clock and retention   ARGV[5] lane   ARGV[6] holder token   ARGV[7] 'acquire'|'continue'
 -- ARGV[8] lease ms   ARGV[9] previous job id ('')   ARGV[10] previous outcome JSON ('')
@@ -14,6 +14,7 @@
 local r, token = ARGV[5], ARGV[6]
 local lease_ms = tonumber(ARGV[8])
 local PARK_MS = 315360000000      -- lanes of an account whose token was refused sleep until resumed
+local TIMEOUTS_MAX, TIMEOUTS_WINDOW_MS, TIMEOUTS_PAUSE_MS = 5, 60000, 30000
 local E2E_BUCKETS_S = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600}
 
 -- the lease is '<holder>|<expiry ms>' (expiry on the script clock; PX only collects garbage)
@@ -26,7 +27,9 @@ end
 local function renew()
   redis.call('SET', KEYS[10], token .. '|' .. I(now_ms + lease_ms), 'PX', lease_ms * 2 + 60000)
 end
+local RQ = ready_of(lane_prio(r))   -- the ready set of this lane's priority
 if ARGV[7] == 'acquire' then
+  redis.call('ZREM', K.adm, r)       -- the lane's Celery message has been taken
   local tok, exp = holder()
   if tok and tok ~= token and exp > now_ms then return {'busy'} end
   renew()
@@ -86,6 +89,19 @@ if prev ~= '' then
       if redis.call('LINDEX', KEYS[9], 0) == prev then redis.call('LPOP', KEYS[9]) end
       finish(prev, st, 'failed', o.err, o.dead, now_ms)
     elseif o.o == 'retry' then
+      if o.err and o.err.kind == 'outcome_unknown' then
+        -- sends of this account time out: after TIMEOUTS_MAX in TIMEOUTS_WINDOW_MS, pause the account
+        -- (not the cluster) instead of letting its hung calls hold worker threads
+        local t = redis.call('HMGET', KEYS[13], 'timeouts', 'timeouts_since')
+        local n, since = tonumber(t[1] or '0'), tonumber(t[2] or '0')
+        if now_ms - since > TIMEOUTS_WINDOW_MS then n, since = 0, now_ms end
+        n = n + 1
+        redis.call('HSET', KEYS[13], 'timeouts', I(n), 'timeouts_since', I(since))
+        if n >= TIMEOUTS_MAX and not (pause.untl and pause.untl > now_ms) then
+          set_pause(now_ms + TIMEOUTS_PAUSE_MS, 'timeouts', 0, '', o.err.message)
+          redis.call('HDEL', KEYS[13], 'timeouts', 'timeouts_since')
+        end
+      end
       st.state = 'waiting'; st.next_attempt_ms = now_ms + o.delay_ms
       note(st, 'retry', o.err and (o.err.code or o.err.kind) and tostring(o.err.code or o.err.kind) or '')
       redis.call('HSET', KEYS[12], r, I(st.next_attempt_ms))
@@ -136,13 +152,16 @@ end
 if ARGV[7] == 'continue' and holder() ~= token then return {'lost'} end
 
 local function wait(until_ms, why)
-  redis.call('ZADD', KEYS[11], until_ms, r)
+  redis.call('ZADD', RQ, until_ms, r)
+  redis.call('ZREM', K.held, r)
   redis.call('DEL', KEYS[10])
   return {'wait', I(until_ms), why}
 end
 
 if ARGV[11] == '1' then  -- handed back: its holder publishes it again (looked at after a lease if lost)
-  redis.call('ZADD', KEYS[11], now_ms + lease_ms, r)
+  redis.call('ZADD', RQ, now_ms + lease_ms, r)
+  redis.call('ZADD', K.adm, now_ms, r)
+  redis.call('ZREM', K.held, r)
   redis.call('DEL', KEYS[10])
   return {'yield'}
 end
@@ -152,7 +171,9 @@ local id, job, st
 for _ = 1, 1000 do
   id = redis.call('LINDEX', KEYS[9], 0)
   if not id then
-    redis.call('ZREM', KEYS[11], r)
+    redis.call('ZREM', RQ, r)
+    redis.call('HDEL', K.lprio, r)
+    redis.call('ZREM', K.held, r)
     redis.call('DEL', KEYS[10])
     redis.call('HDEL', KEYS[12], r)
     redis.call('HDEL', KEYS[13], 'th:' .. r)
@@ -224,10 +245,16 @@ if interval > 0 then
   if tat < now_us then tat = now_us end
   local tolerance = (burst - 1) * interval
   if tat - now_us > tolerance then
+    -- a lane that must wait gets its own future slot; high-priority lanes take slots ahead of the
+    -- ones normal and low lanes hold; a reservation further ahead than the admitted lanes can
+    -- need is stale (cancelled work) and does not push later sends back
     local wake = tat - tolerance
-    local slot = tonumber(redis.call('HGET', KEYS[13], st.rate_class .. ':wake') or '0')
+    local wkey = st.rate_class .. ':wake' .. ((RQ == K.readyh) and 'h' or '')
+    local slot = tonumber(redis.call('HGET', KEYS[13], wkey) or '0')
+    local horizon = now_us + interval * math.max(burst, ADMIT_MAX, 1)
+    if slot > horizon then slot = horizon end
     if slot > wake then wake = slot end
-    redis.call('HSET', KEYS[13], st.rate_class .. ':wake', I(wake + interval))
+    redis.call('HSET', KEYS[13], wkey, I(wake + interval))
     redis.call('HINCRBY', K.stats, 'limiter_waits', 1)
     return wait(math.ceil(wake / 1000), 'rate')
   end
@@ -242,7 +269,8 @@ st.sending_since_ms = now_ms; st.next_attempt_ms = nil
 note(st, 'attempt', tostring(st.attempts))
 st_put(id, st)
 renew()
-redis.call('ZADD', KEYS[11], now_ms + lease_ms, r)
+redis.call('ZADD', RQ, now_ms + lease_ms, r)
+redis.call('ZADD', K.held, now_ms + lease_ms, r)
 if probe then redis.call('HSET', KEYS[14], 'probe', id, 'probe_until', I(now_ms + lease_ms)) end
 local win = redis.call('HGET', KEYS[15], r) or ''
 local cmt = ''

@@ -133,11 +133,14 @@ class RedisCollector(Collector):
                 pipe.zcard(getattr(k, attr))
             pipe.hgetall(k.pause)
             pipe.zrange(k.ready, 0, MAX_SCRAPE_LANES - 1)
+            for other in (k.readyh, k.readyl):  # lanes of high and low priority
+                pipe.zcard(other)
+                pipe.zrange(other, 0, MAX_SCRAPE_LANES - 1)
         first = pipe.execute()
         (sec, usec), registered, newest, refused = first[:4]
         now = int(sec) * 1000 + int(usec) // 1000
-        per = 3 + len(_ZCARDS)  # stats, the sizes, pause, lanes
-        rows = [first[4 + i * per : 4 + (i + 1) * per] for i in range(len(accounts))]
+        per = 3 + len(_ZCARDS) + 4  # stats, the sizes, pause, lanes; high and low lanes
+        rows = [_merge_priorities(first[4 + i * per : 4 + (i + 1) * per]) for i in range(len(accounts))]
         lanes = {acct: row[-1] for acct, row in zip(accounts, rows, strict=True)}
         total_lanes = {acct: int(row[1]) for acct, row in zip(accounts, rows, strict=True)}  # ZCARD ready
         queued, oldest = self._lanes(accounts, lanes, total_lanes, now)
@@ -302,6 +305,16 @@ class RedisCollector(Collector):
         for reason, count in by_reason.items():
             refusals.add_metric([reason], count)
         yield refusals
+
+
+def _merge_priorities(row: list[Any]) -> list[Any]:
+    """Fold the high- and low-priority ready sets into the row's lane counts and lane sample."""
+    row, (h_count, h_lanes, l_count, l_lanes) = list(row[:-4]), row[-4:]
+    for i, (_, _, attr) in enumerate(_ZCARDS):
+        if attr == "ready":
+            row[1 + i] = int(row[1 + i]) + int(h_count) + int(l_count)
+    row[-1] = (list(h_lanes) + list(row[-1]) + list(l_lanes))[:MAX_SCRAPE_LANES]
+    return row
 
 
 def _due_since(job_id: str, raw: str | None) -> int | None:
