@@ -88,7 +88,10 @@ def celery_config(settings: Settings | None = None) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_default_queue": queue,
-        "task_routes": {"dmworker.process_lane": {"queue": queue}},
+        "task_routes": {
+            "dmworker.process_lane": {"queue": queue},
+            "dmworker.process_lanes": {"queue": queue},
+        },
         "worker_prefetch_multiplier": 4,
         "worker_pool": settings.worker_pool,
         "worker_concurrency": settings.worker_concurrency,
@@ -117,6 +120,9 @@ def celery_config(settings: Settings | None = None) -> dict[str, Any]:
 app.add_defaults(celery_config)
 
 TASK = "dmworker.process_lane"
+TASK_MANY = "dmworker.process_lanes"
+#: Lanes of one account a Celery message may carry (the dispatcher and producers group them).
+LANES_PER_MESSAGE = 8
 _producer_apps: dict[tuple[str, str], Celery] = {}
 _producer_lock = threading.Lock()
 
@@ -132,6 +138,24 @@ def publish(account: str, recipient: str) -> None:
     rt = get_runtime()
     ref = _refs(rt.settings, rt.redis).seal(account, recipient)
     process_lane.apply_async((account, ref))
+
+
+def publish_group(account: str, lanes: list[str]) -> None:
+    """Tell the workers that these lanes of ``account`` have work: one message per
+    :data:`LANES_PER_MESSAGE` lanes (a broadcast's one-message lanes cost a fraction of a Celery
+    message each).
+
+    Raises:
+        as :func:`publish`.
+    """
+    rt = get_runtime()
+    refs = _refs(rt.settings, rt.redis)
+    for start in range(0, len(lanes), LANES_PER_MESSAGE):
+        chunk = [refs.seal(account, lane) for lane in lanes[start : start + LANES_PER_MESSAGE]]
+        if len(chunk) == 1:
+            process_lane.apply_async((account, chunk[0]))
+        else:
+            process_lanes.apply_async((account, chunk))
 
 
 def _refs(settings: Settings, client: Any = None) -> LaneRefs:
@@ -172,10 +196,26 @@ def publish_lanes(settings: Settings, lanes: list[tuple[str, str]]) -> None:
     producer_celery = producer_app(settings)
     queue = Keys(settings.key_prefix).celery_queue
     refs = _refs(settings)
-    sealed = [(a, refs.seal(a, r)) for a, r in lanes]
+    by_account: dict[str, list[str]] = {}
+    for a, r in lanes:
+        by_account.setdefault(a, []).append(refs.seal(a, r))
     with producer_celery.producer_or_acquire() as producer:
-        for a, ref in sealed:
-            producer_celery.send_task(TASK, args=(a, ref), queue=queue, producer=producer)
+        for a, sealed in by_account.items():
+            for start in range(0, len(sealed), LANES_PER_MESSAGE):
+                chunk = sealed[start : start + LANES_PER_MESSAGE]
+                if len(chunk) == 1:
+                    producer_celery.send_task(TASK, args=(a, chunk[0]), queue=queue, producer=producer)
+                else:
+                    producer_celery.send_task(TASK_MANY, args=(a, chunk), queue=queue, producer=producer)
+
+
+@app.task(name=TASK_MANY, acks_late=True, ignore_result=True)
+def process_lanes(account: str, refs: list[str]) -> list[dict[str, Any]]:
+    """Deliver several lanes of ``account`` one after the other (see :func:`process_lane`); returns
+    what each visit did."""
+    if not isinstance(refs, list):
+        return [{"ended": "bad_ref"}]
+    return [process_lane(account, ref) for ref in refs[:LANES_PER_MESSAGE]]
 
 
 @app.task(name=TASK, acks_late=True, ignore_result=True)
@@ -255,7 +295,8 @@ def _start_dispatcher(sender: Any = None, **_: Any) -> None:
     if not rt.settings.embedded_scheduler:
         _dispatch_stop = start_heartbeat(rt.store, hostname, tokens=tokens)
         return
-    _thread, _dispatch_stop = start_thread(Dispatcher(rt.store, publish, name=hostname, tokens=tokens))
+    dispatcher = Dispatcher(rt.store, publish, name=hostname, tokens=tokens, publish_group=publish_group)
+    _thread, _dispatch_stop = start_thread(dispatcher)
     log.info("dispatcher thread started")
 
 

@@ -81,7 +81,7 @@ def worker(ns: argparse.Namespace) -> int:
 
 
 def scheduler(ns: argparse.Namespace) -> int:
-    from .celery_app import publish
+    from .celery_app import publish, publish_group
     from .dispatcher import Dispatcher
     from .logs import setup_logging
     from .runtime import get_runtime
@@ -98,7 +98,7 @@ def scheduler(ns: argparse.Namespace) -> int:
         from .callbacks_deliver import start_deliverer
 
         start_deliverer(rt.store, stop)
-    Dispatcher(rt.store, publish).run(stop, ns.tick_ms)
+    Dispatcher(rt.store, publish, publish_group=publish_group).run(stop, ns.tick_ms)
     return 0
 
 

@@ -36,6 +36,7 @@ from .lifecycle import normalize
 log = logging.getLogger("dmworker.dispatcher")
 
 Publish = Callable[[str, str], Any]
+PublishGroup = Callable[[str, list[str]], Any]
 Tokens = Callable[[str], str]
 
 #: Accounts dispatched per pass, and how long a claimed account is left to its claimer (ms).
@@ -60,10 +61,16 @@ class Dispatcher:
     """One dispatcher loop over the accounts that have something due (``P:due``)."""
 
     def __init__(
-        self, store: LaneStore, publish: Publish, name: str | None = None, tokens: Tokens | None = None
+        self,
+        store: LaneStore,
+        publish: Publish,
+        name: str | None = None,
+        tokens: Tokens | None = None,
+        publish_group: PublishGroup | None = None,
     ) -> None:
         self.store = store
         self.publish = publish
+        self.publish_group = publish_group  # several lanes of one account per message, when given
         self.name = name or f"{socket.gethostname()}:{id(self):x}"
         self.tokens = tokens
         self._last_trim = 0.0
@@ -110,9 +117,8 @@ class Dispatcher:
         for account, raw in zip(accounts, scripts.execute_pipeline(self.store.redis, build), strict=True):
             d = self.store.parse_dispatch(raw)
             nxt = d.next_ms
-            for rec in d.lanes:
-                self.publish(account, rec)
-                res.published += 1
+            self._publish(account, d.lanes)
+            res.published += len(d.lanes)
             if d.followups:
                 sts = self.store.redis.hmget(self.store.acct(account).status, d.followups)
                 items = [
@@ -122,9 +128,8 @@ class Dispatcher:
                 ]
                 n, lanes = self.store.promote(account, items, now_ms=now_ms)
                 res.promoted += n
-                for rec in lanes:
-                    self.publish(account, rec)
-                    res.published += 1
+                self._publish(account, lanes)
+                res.published += len(lanes)
                 if len(d.followups) >= 1000:
                     nxt = now  # more may be due: look again at once
             if d.lanes or d.followups:  # what was published comes back after its grace if lost
@@ -133,6 +138,15 @@ class Dispatcher:
         first = scripts.run(self.store.redis, "reschedule", [keys.due], plan, now_ms)
         res.next_due_ms = None if int(float(first)) < 0 else int(float(first))
         return res
+
+    def _publish(self, account: str, lanes: list[str]) -> None:
+        if not lanes:
+            return
+        if self.publish_group is not None:
+            self.publish_group(account, lanes)
+            return
+        for lane in lanes:
+            self.publish(account, lane)
 
     def housekeeping(self) -> None:
         now = time.monotonic()
