@@ -13,7 +13,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Accounts",
+    "BacklogFullError",
     "ConfigError",
+    "IdempotencyConflictError",
     "InstagramClient",
     "Job",
     "JobNotFoundError",
@@ -28,7 +30,14 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .accounts import Accounts
-    from .errors import JobNotFoundError, RedisUnavailableError, ValidationError, WindowClosedError
+    from .errors import (
+        BacklogFullError,
+        IdempotencyConflictError,
+        JobNotFoundError,
+        RedisUnavailableError,
+        ValidationError,
+        WindowClosedError,
+    )
     from .graph import InstagramClient
     from .jobs import JobStatus
     from .outbox import Job, Outbox
@@ -46,6 +55,8 @@ _LAZY = {
     "WindowClosedError": "errors",
     "RedisUnavailableError": "errors",
     "JobNotFoundError": "errors",
+    "BacklogFullError": "errors",
+    "IdempotencyConflictError": "errors",
 }
 
 

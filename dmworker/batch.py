@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from .due import iso
-from .errors import RedisUnavailableError, ValidationError
+from .errors import BacklogFullError, RedisUnavailableError, ValidationError
 from .jobs import Job
 
 if TYPE_CHECKING:
@@ -58,6 +58,9 @@ class BatchOps:
             pipe.hget(k.followup_keys, p.opts.get("key") or "")
             idem = p.opts.get("idempotency_key")
             pipe.get(k.idempotency(idem) if idem else k.idempotency("-"))
+        accounts = sorted({p.account for p in prepared})
+        for account in accounts:
+            pipe.hget(self.store.acct(account).stats, "due_jobs")
         try:
             out = pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as e:
@@ -100,6 +103,18 @@ class BatchOps:
         if errors:
             self._count_refusal(next(iter(errors)).split(".", 1)[1].split(".")[0])
             raise ValidationError(errors)
+        # the backlog bound, for the whole batch (follow-ups count when they come due)
+        due_jobs = dict(zip(accounts, out[1 + 3 * len(prepared) :], strict=True))
+        adding: dict[str, int] = {}
+        for p in prepared:
+            if not (p.opts["delay_ms"] or (p.opts["at_ms"] and p.opts["at_ms"] > now)):
+                adding[p.account] = adding.get(p.account, 0) + len(p.jobs)
+        for account, n in adding.items():
+            limit = self.store.settings.backlog_limit(account)
+            over = int(due_jobs.get(account) or 0) + n - limit
+            if limit and over > 0:
+                self._count_refusal("backlog")
+                raise BacklogFullError(account, over / self.store.settings.send_rate_per_s(account))
 
     def commit_batch(self, prepared: Sequence[_Prepared], progress: Any = None) -> list[Job]:
         """Write a whole batch, all or nothing for every check; see the module docstring.

@@ -18,7 +18,13 @@ import redis
 from . import scripts
 from .batch import BatchOps
 from .due import due_ms, expiry_ms, iso
-from .errors import IdempotencyConflictError, RedisUnavailableError, ValidationError, WindowClosedError
+from .errors import (
+    BacklogFullError,
+    IdempotencyConflictError,
+    RedisUnavailableError,
+    ValidationError,
+    WindowClosedError,
+)
 from .jobs import Job, new_job_id
 from .lanes import EnqueueResult, LaneStore
 from .runtime import get_runtime
@@ -289,6 +295,9 @@ class Enqueuer(BatchOps):
         if res.status == "idemconflict":
             self._count_refusal("idempotency_key")
             return IdempotencyConflictError(str(p.opts.get("idempotency_key")), res.ids)
+        if res.status == "backlog":
+            self._count_refusal("backlog")
+            return BacklogFullError(p.account, res.over / self.settings.send_rate_per_s(p.account))
         if res.status == "expiry":
             self._count_refusal("expires_at")
             return ValidationError(
@@ -311,6 +320,7 @@ class Enqueuer(BatchOps):
         "key": "key_exists",
         "idempotency_key": "idempotency_conflict",
         "expires_at": "expiry",
+        "backlog": "backlog",
     }
 
     def _count_refusal(self, field: str) -> None:

@@ -9,6 +9,7 @@
      ├── RedisUnavailableError  Redis could not be reached; nothing was written
      ├── JobNotFoundError       no job with that id (or its retention has passed)
      ├── JobStateError          the job is not in a state that allows this (``.state``)
+     ├── BacklogFullError       the account's queue is full for now (``.retry_after_s``)
      └── ConfigError            (from :mod:`dmworker.settings`) a bad setting, named
 
 This module imports nothing from the rest of the package at import time (``ConfigError`` is
@@ -79,6 +80,20 @@ class RedisUnavailableError(DmworkerError, ConnectionError):
         self.in_doubt = in_doubt
 
 
+class BacklogFullError(DmworkerError):
+    """The account already has as many due jobs queued as it can send in its DMWORKER_MAX_BACKLOG_S:
+    nothing was queued; try again in ``retry_after_s`` seconds (HTTP 429 with Retry-After).  Other
+    accounts are not affected."""
+
+    def __init__(self, account: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"account {account}'s backlog is full (DMWORKER_MAX_BACKLOG_S): nothing was queued; "
+            f"retry in {retry_after_s:.1f} s"
+        )
+        self.account = account
+        self.retry_after_s = retry_after_s
+
+
 class JobStateError(DmworkerError):
     """The job exists but is not in a state that allows this (``state``), e.g. a replay of a job
     that is no longer dead-lettered (HTTP 409)."""
@@ -105,6 +120,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BacklogFullError",
     "ConfigError",
     "DmworkerError",
     "IdempotencyConflictError",

@@ -26,12 +26,13 @@ from .settings import RATE_CLASSES, Settings, token_fingerprint
 
 @dataclass(frozen=True)
 class EnqueueResult:
-    status: str  # "new" | "dup" | "idemconflict" | "keyexists" | "window" | "expiry"
+    status: str  # "new" | "dup" | "idemconflict" | "keyexists" | "window" | "expiry" | "backlog"
     ids: tuple[str, ...] = ()
     publish: bool = False
     due_ms: int | None = None
     window_closes_ms: int | None = None
     existing_id: str | None = None
+    over: int = 0  # "backlog": due jobs beyond the account's limit with this unit
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class LaneStore(AccountOps):
             int(s.max_age_s * 1000),
             fingerprint,
             {"high": "h", "low": "l"}.get(priority, "n"),
+            s.backlog_limit(account),
             len(jobs),
         ]
         for job_id, job_json, rate_class in jobs:
@@ -178,6 +180,8 @@ class LaneStore(AccountOps):
             return EnqueueResult(tag, window_closes_ms=None if closes < 0 else closes)
         if tag == "expiry":
             return EnqueueResult(tag, due_ms=int(reply[1]))
+        if tag == "backlog":
+            return EnqueueResult(tag, over=int(reply[1]))
         raise RuntimeError(f"unexpected enqueue reply {reply!r}")
 
     def cancel(

@@ -103,6 +103,7 @@ class AccountConfig:
     burst: int | None = None
     login: str = "instagram"
     page_id: str | None = None
+    max_backlog_s: float | None = None  # this account's DMWORKER_MAX_BACKLOG_S (None: the global one)
 
     @property
     def fingerprint(self) -> str:
@@ -156,6 +157,7 @@ class Settings:
     admit_window_s: float = 1.0
     admit_poll_ms: int = 10
     max_in_flight: int = 64
+    max_backlog_s: float = 21_600.0
     scheduler_tick_ms: int = 50
     embedded_scheduler: bool = True
     lane_batch: int = 50
@@ -224,6 +226,22 @@ class Settings:
         burst = self.burst_for(account_id)
         return burst - 1 if burst >= 2 else burst
 
+    def send_rate_per_s(self, account_id: str) -> float:
+        """Sends per second ``account_id`` can make at its fastest rate class."""
+        return max(
+            self.rate_for(account_id, k).count / self.rate_for(account_id, k).period_s for k in RATE_CLASSES
+        )
+
+    def backlog_limit(self, account_id: str) -> int:
+        """How many due jobs ``account_id`` may have queued: what it can send in its
+        ``max_backlog_s`` (the account's own, else DMWORKER_MAX_BACKLOG_S); 0 = no limit."""
+        acct = self.accounts.get(account_id)
+        own = getattr(acct, "max_backlog_s", None) if acct is not None else None
+        seconds = self.max_backlog_s if own is None else own
+        if seconds <= 0:
+            return 0
+        return max(1, math.ceil(self.send_rate_per_s(account_id) * seconds))
+
     def admit_budget(self, account_id: str) -> int:
         """How many lanes ``account_id`` may have in play — a message outstanding on the broker, or held
         by a worker: what it can send in ``admit_window_s`` at its fastest rate, at most
@@ -234,9 +252,7 @@ class Settings:
         """
         if self.admit_window_s <= 0:
             return 0
-        per_s = max(
-            self.rate_for(account_id, k).count / self.rate_for(account_id, k).period_s for k in RATE_CLASSES
-        )
+        per_s = self.send_rate_per_s(account_id)
         return max(4, min(self.max_in_flight, math.ceil(per_s * self.admit_window_s)))
 
     def graph_url_for(self, account_id: str) -> str:
@@ -330,6 +346,7 @@ class Settings:
             admit_window_s=r.float_("DMWORKER_ADMIT_WINDOW_S", 1.0, minimum=0.0),
             admit_poll_ms=r.int_("DMWORKER_ADMIT_POLL_MS", 10),
             max_in_flight=r.int_("DMWORKER_MAX_IN_FLIGHT", 64),
+            max_backlog_s=r.float_("DMWORKER_MAX_BACKLOG_S", 21_600.0, minimum=0.0),
             scheduler_tick_ms=r.int_("DMWORKER_SCHEDULER_TICK_MS", 50),
             embedded_scheduler=r.bool_("DMWORKER_EMBEDDED_SCHEDULER", True),
             lane_batch=r.int_("DMWORKER_LANE_BATCH", 50),
@@ -437,7 +454,8 @@ def _load_accounts_file(path: str) -> list[AccountConfig]:
         check_hash_tag_safe(acct_id, where)
         if not isinstance(conf, dict) or not isinstance(conf.get("access_token"), str):
             raise ConfigError(f"{where}: expected an object with a string 'access_token'")
-        unknown = set(conf) - {"access_token", "graph_url", "rates", "burst", "login", "page_id"}
+        known = {"access_token", "graph_url", "rates", "burst", "login", "page_id", "max_backlog_s"}
+        unknown = set(conf) - known
         if unknown:
             raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
         rates = {}
@@ -448,6 +466,11 @@ def _load_accounts_file(path: str) -> list[AccountConfig]:
         burst = conf.get("burst")
         if burst is not None and (not isinstance(burst, int) or burst < 1):
             raise ConfigError(f"{where}: 'burst' must be an integer >= 1")
+        backlog = conf.get("max_backlog_s")
+        if backlog is not None and (
+            not isinstance(backlog, (int, float)) or isinstance(backlog, bool) or not backlog >= 0
+        ):
+            raise ConfigError(f"{where}: 'max_backlog_s' must be a number of seconds >= 0")
         login, page_id = conf.get("login", "instagram"), conf.get("page_id")
         if login not in LOGINS:
             raise ConfigError(f"{where}: 'login' must be one of {', '.join(LOGINS)}")
@@ -462,6 +485,7 @@ def _load_accounts_file(path: str) -> list[AccountConfig]:
                 burst=burst,
                 login=login,
                 page_id=page_id,
+                max_backlog_s=None if backlog is None else float(backlog),
             )
         )
     return out

@@ -150,3 +150,52 @@ def test_a_dispatcher_pass_visits_only_the_accounts_with_something_due(env, fset
     res = d.tick(now_ms=T0 + 2)
     after = sum(int(v["calls"]) for v in rdb.info("commandstats").values())
     assert res.published == 0 and after - before <= 6, after - before  # a claim and a ZRANGE, not 2,000
+
+
+def test_a_full_backlog_refuses_an_enqueue_with_429_and_the_other_account_still_enqueues(env, fsettings, rdb):
+    from test_http_api import TOKENS, make_api
+
+    from dmworker.errors import BacklogFullError
+
+    s = fsettings.with_overrides(max_backlog_s=2.0)  # 10/s for 2 s: 20 due jobs at most
+    store = LaneStore(s, rdb)
+    ob = Outbox(settings=s, client=rdb, publish=lambda a, r: None, clock=lambda: T0)
+    assert s.backlog_limit(A) == 20
+    ob.send_many([{"kind": "text", "recipient": f"{7900 + i}", "text": "x"} for i in range(20)])
+    with pytest.raises(BacklogFullError) as e:
+        ob.send_text("7999", "one more")
+    assert e.value.retry_after_s == pytest.approx(0.1) and e.value.account == A
+    with pytest.raises(BacklogFullError):  # a batch: all or nothing
+        ob.send_many(
+            [
+                {"kind": "text", "recipient": "7998", "text": "x"},
+                {"kind": "text", "recipient": "7997", "text": "y"},
+            ]
+        )
+    assert rdb.hget(store.acct(A).stats, "due_jobs") == "20"
+    ob.send_text("8999", "hi", account=B)  # another account is not affected
+    ob.send_text("7999", "later", delay=3600)  # a follow-up counts when it comes due
+    api = make_api(s.with_overrides(api_tokens=TOKENS), rdb, [])
+    resp = api.post("/v1/messages", {"kind": "text", "recipient": "7996", "text": "z"})
+    assert (
+        resp.status_code == 429
+        and resp.headers["Retry-After"] == "1"
+        and resp.json["error"] == "backlog_full"
+    )
+    # when a job is sent, there is room for one more
+    _finish(store, A, "7900", T0 + 1)
+    ob.send_text("7995", "now it fits")
+    assert rdb.hget(store.acct(A).stats, "due_jobs") == "20"
+
+
+def test_an_account_can_have_its_own_backlog_bound(tmp_path):
+    path = tmp_path / "accounts.json"
+    path.write_text(
+        '{"17841400000000009": {"access_token": "IGAAx", "rates": {"text": "50/s"}, "max_backlog_s": 60}}'
+    )
+    s = Settings.from_env({"DMWORKER_ACCOUNTS_FILE": str(path), "DMWORKER_MAX_BACKLOG_S": "3600"})
+    assert s.backlog_limit("17841400000000009") == 50 * 60  # its own bound
+    assert s.backlog_limit("17841400000000008") == 100 * 3600  # the global one, at the default 100/s
+    path.write_text('{"17841400000000009": {"access_token": "IGAAx", "max_backlog_s": "soon"}}')
+    with pytest.raises(ValueError, match="max_backlog_s"):
+        Settings.from_env({"DMWORKER_ACCOUNTS_FILE": str(path)})

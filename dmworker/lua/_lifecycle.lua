@@ -194,6 +194,9 @@ end
 --   sent | failed | cancelled | expired: retention index (or the dead-letter set), off the follow-up
 --   schedule, off the cancel-on-reply index, key released once the unit has ended, counters
 local function finish(id, st, state, err, dead, now)
+  if st.state ~= 'scheduled' then  -- it was counted among the account's due jobs
+    if redis.call('HINCRBY', K.stats, 'due_jobs', -1) < 0 then redis.call('HSET', K.stats, 'due_jobs', 0) end
+  end
   st.state = state; st.updated_ms = now; st.ended_ms = now
   st.holder = nil; st.next_attempt_ms = nil
   if err then st.error = err end

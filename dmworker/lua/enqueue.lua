@@ -7,17 +7,19 @@
 -- ARGV[8] idempotency ttl s (0 = no key)   ARGV[9] follow-up key ('')   ARGV[10] replace (0/1)
 -- ARGV[11] cancel_on_reply (0/1)   ARGV[12] window limit ms (0 = no check)   ARGV[13] dispatch grace ms
 -- ARGV[14] ttl ms ('' = none)   ARGV[15] expires_at ms ('' = none)   ARGV[16] maximum age ms
--- ARGV[17] request fingerprint (for the idempotency key)   ARGV[18] priority (h | n | l)   ARGV[19] n
--- then n x (job id, job json, rate class) from ARGV[20]
+-- ARGV[17] request fingerprint (for the idempotency key)   ARGV[18] priority (h | n | l)
+-- ARGV[19] backlog limit: due jobs the account may have queued (0 = no limit)   ARGV[20] n
+-- then n x (job id, job json, rate class) from ARGV[21]
 -- Returns {"new", publish(0/1), due_ms, ids...}
 --       | {"dup", 0, 0, ids...} (idempotency key seen with the same request, or this very call
 --         already ran: its first job id exists)
 --       | {"idemconflict", 0, 0, ids...} (idempotency key seen with a different request)
 --       | {"keyexists", existing id} | {"window", closes_at_ms or -1} | {"expiry", due_ms}
+--       | {"backlog", jobs over the limit} (a follow-up counts when it comes due, not before)
 local lane = ARGV[5]
-local n = tonumber(ARGV[19])
+local n = tonumber(ARGV[20])
 local prio = ARGV[18]
-local function arg(i, j) return ARGV[19 + 3 * (i - 1) + j] end
+local function arg(i, j) return ARGV[20 + 3 * (i - 1) + j] end
 -- a retried call whose first run succeeded (its reply was lost): the same ids, never queued twice
 if redis.call('HEXISTS', K.jobs, arg(1, 1)) == 1 then
   local out = {'dup', 0, 0}
@@ -65,6 +67,11 @@ if key ~= '' then
   end
 end
 local scheduled = due > now_ms
+local backlog = tonumber(ARGV[19])
+if not scheduled and backlog > 0 then
+  local over = tonumber(redis.call('HGET', K.stats, 'due_jobs') or '0') + n - backlog
+  if over > 0 then return {'backlog', over} end
+end
 local was_empty = redis.call('LLEN', KEYS[9]) == 0
 local ids = {}
 local group = n > 1 and string.sub(arg(1, 1), 1, -4) or nil
@@ -91,6 +98,7 @@ if tonumber(ARGV[8]) > 0 then
   redis.call('SET', KEYS[11], cjson.encode({ids = ids, fp = ARGV[17]}), 'EX', tonumber(ARGV[8]))
 end
 redis.call('HINCRBY', K.stats, 'accepted', n)
+if not scheduled then redis.call('HINCRBY', K.stats, 'due_jobs', n) end
 local publish = 0
 if not scheduled then
   join_lane(lane, prio, was_empty)

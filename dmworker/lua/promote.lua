@@ -19,6 +19,7 @@ for i = 1, n do
         local was_empty = redis.call('LLEN', KEYS[9 + i]) == 0
         redis.call('RPUSH', KEYS[9 + i], id)
         promoted = promoted + 1
+        redis.call('HINCRBY', K.stats, 'due_jobs', 1)
         join_lane(r, st.priority or 'n', was_empty)
         if admit(r, tonumber(ARGV[5])) then publish[#publish + 1] = r end
       end

@@ -12,6 +12,7 @@ st.replays = (st.replays or 0) + 1
 st.dead_lettered = nil; st.holder = nil; st.next_attempt_ms = nil; st.ended_ms = nil
 st.expires_at_ms = now_ms + (st.ttl_ms or tonumber(ARGV[8]))
 note(st, 'replayed')
+redis.call('HINCRBY', K.stats, 'due_jobs', 1)
 st_put(id, st)
 local was_empty = redis.call('LLEN', KEYS[9]) == 0
 redis.call('RPUSH', KEYS[9], id)

@@ -10,6 +10,7 @@ API tokens are managed in :mod:`.api_accounts` (routes on this blueprint).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ import flask
 from flask.typing import ResponseReturnValue
 
 from ..errors import (
+    BacklogFullError,
     IdempotencyConflictError,
     JobNotFoundError,
     JobStateError,
@@ -66,6 +68,18 @@ def _not_found(e: JobNotFoundError) -> ResponseReturnValue:
 @bp.errorhandler(Forbidden)
 def _forbidden(e: Forbidden) -> ResponseReturnValue:
     return error(403, "forbidden", str(e))
+
+
+@bp.errorhandler(BacklogFullError)
+def _backlog(e: BacklogFullError) -> ResponseReturnValue:
+    retry = max(1, math.ceil(e.retry_after_s))
+    body = {
+        "error": "backlog_full",
+        "message": str(e),
+        "account": e.account,
+        "retry_after_s": e.retry_after_s,
+    }
+    return flask.jsonify(body), 429, {"Retry-After": str(retry)}
 
 
 @bp.errorhandler(JobStateError)

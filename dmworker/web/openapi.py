@@ -103,6 +103,13 @@ _OPTIONS: dict[str, Any] = {
         **_key("Name of the follow-up (cancel it with DELETE /v1/followups?key=). Not blank."),
         "nullable": True,
     },
+    "priority": {
+        "type": "string",
+        "enum": ["high", "normal", "low"],
+        "default": "normal",
+        "description": "Between the recipients of one account, high goes before normal before low "
+        "(each recipient's own order never changes). A broadcast is best sent low.",
+    },
     "replace": {
         "type": "boolean",
         "default": False,
@@ -368,6 +375,7 @@ _TEXTS = {
     409: "Already sent, failed or cancelled",
     413: "Body too large",
     422: "Validation failed; nothing queued",
+    429: "Too many queued jobs for the account; nothing queued",
     503: "Redis unreachable; nothing changed",
 }
 
@@ -435,7 +443,21 @@ def _paths(spec: APISpec) -> None:
                 409,
                 413,
                 422,
+                429,
                 special={
+                    429: (
+                        _obj(
+                            {
+                                "error": {"type": "string", "enum": ["backlog_full"]},
+                                "message": {"type": "string"},
+                                "account": {"type": "string"},
+                                "retry_after_s": {"type": "number"},
+                            },
+                            ["error", "retry_after_s"],
+                        ),
+                        "The account's backlog is full (DMWORKER_MAX_BACKLOG_S): nothing queued; "
+                        "retry after Retry-After seconds",
+                    ),
                     409: (
                         idem_conflict,
                         "The idempotency key was already used for a different request (nothing queued)",
