@@ -199,3 +199,44 @@ def test_an_account_can_have_its_own_backlog_bound(tmp_path):
     path.write_text('{"17841400000000009": {"access_token": "IGAAx", "max_backlog_s": "soon"}}')
     with pytest.raises(ValueError, match="max_backlog_s"):
         Settings.from_env({"DMWORKER_ACCOUNTS_FILE": str(path)})
+
+
+def test_a_lane_still_queued_is_not_published_again_every_grace(env, fsettings):
+    store, ob, published, _clock = env
+    ob.send_text("7300", "x")
+    assert published == [(A, "7300")]
+    grace = fsettings.dispatch_grace_ms
+    # its message waits in a long queue: one grace later the dispatcher does not publish it again ...
+    assert store.dispatch(A, now_ms=T0 + grace + 1).lanes == []
+    # ... only once it is presumed lost (two graces without a worker taking it)
+    assert store.dispatch(A, now_ms=T0 + 2 * grace + 2).lanes == ["7300"]
+
+
+def test_a_lane_waiting_for_the_rate_keeps_its_one_slot(env):
+    store, ob, _published, _clock = env
+    k = store.acct(A)
+    lanes = [f"{7400 + i}" for i in range(6)]
+    for r in lanes:
+        ob.send_text(r, "x")
+    got = [store.step(A, r, f"w{r}", acquire=True, now_ms=T0) for r in lanes]
+    waiting = [(r, g) for r, g in zip(lanes, got, strict=True) if g.action == "wait"]
+    assert waiting and all(g.why == "rate" for _, g in waiting)
+    pointer = store.redis.hget(k.limiter, "text:wake")
+    r, first = waiting[-1]
+    # visited again before its slot: the same slot, and no new reservation pushes the others back
+    again = store.step(A, r, f"w{r}", acquire=True, now_ms=T0 + 1)
+    assert again.until_ms == first.until_ms and store.redis.hget(k.limiter, "text:wake") == pointer
+
+
+def test_lanes_sleep_until_the_probe_answers_and_wake_when_it_succeeds(env):
+    store, ob, _published, _clock = env
+    k = store.acct(A)
+    a, b = ob.send_text("7500", "a"), ob.send_text("7501", "b")
+    store.redis.hset(k.pause, mapping={"until": T0 - 1, "reason": "throttled"})  # a pause just ended
+    probe = store.step(A, "7500", "p", acquire=True, now_ms=T0)
+    assert probe.job_id == a.id  # the one probe
+    other = store.step(A, "7501", "q", acquire=True, now_ms=T0 + 1)
+    assert other.why == "probe" and other.until_ms == T0 + store.settings.lease_ms  # no 250 ms polling
+    store.step(A, "7500", "p", acquire=False, prev_id=a.id, outcome={"o": "sent", "mid": "m"}, now_ms=T0 + 50)
+    assert store.redis.zscore(k.ready, "7501") == T0 + 50  # woken by the probe's success
+    assert store.step(A, "7501", "q", acquire=True, now_ms=T0 + 60).job_id == b.id

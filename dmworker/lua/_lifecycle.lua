@@ -84,7 +84,7 @@ end
 -- lanes of the account counted against its budget: messages outstanding, and lanes being worked on
 -- (a worker holds them): an account whose sends hang cannot take more than its budget of threads
 local function in_use(grace_ms)
-  redis.call('ZREMRANGEBYSCORE', K.adm, '-inf', now_ms - grace_ms)  -- messages presumed lost
+  redis.call('ZREMRANGEBYSCORE', K.adm, '-inf', now_ms - 2 * grace_ms)  -- messages presumed lost
   redis.call('ZREMRANGEBYSCORE', K.held, '-inf', now_ms)            -- holders presumed dead
   return redis.call('ZCARD', K.adm) + redis.call('ZCARD', K.held)
 end

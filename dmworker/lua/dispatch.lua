@@ -9,8 +9,10 @@
 -- Returns {now_ms, next ready score or -1, next follow-up due or -1, lane count, lane...,
 --          due follow-up id...}
 local grace, limit, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+-- a lane whose message is still outstanding (a long queue) is not published again before two
+-- graces: re-publishing does not multiply messages under a backlog
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms - 2 * grace)  -- messages presumed lost
 if budget > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms - grace)  -- messages presumed lost
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now_ms)           -- holders presumed dead
   local free = budget - redis.call('ZCARD', KEYS[5]) - redis.call('ZCARD', KEYS[6])
   if free < limit then limit = math.max(0, free) end
@@ -21,8 +23,10 @@ for _, rq in ipairs({KEYS[3], KEYS[1], KEYS[4]}) do
   if left > 0 then
     for _, r in ipairs(redis.call('ZRANGEBYSCORE', rq, '-inf', now_ms, 'LIMIT', 0, left)) do
       redis.call('ZADD', rq, now_ms + grace, r)
-      if budget > 0 then redis.call('ZADD', KEYS[5], now_ms, r) end
-      due[#due + 1] = r
+      if not redis.call('ZSCORE', KEYS[5], r) then
+        redis.call('ZADD', KEYS[5], now_ms, r)
+        due[#due + 1] = r
+      end
     end
   end
   if not waiting and redis.call('ZCOUNT', rq, '-inf', now_ms) > 0 then waiting = true end

@@ -52,10 +52,18 @@ end
 
 -- the probe after a pause got an answer that is not a throttle: the pause is over
 local function end_pause()
-  local reason = pause.reason
+  local reason, probe_until = pause.reason, pause.probe_until
   redis.call('DEL', KEYS[14])
   pause = read_pause()
   emit({type = 'account.resumed', reason = reason or 'throttled'})
+  -- the lanes that slept until the probe's answer wake now, a budget's worth (the rest at their time)
+  local room = math.max(ADMIT_MAX, 4)
+  for _, rq in ipairs({K.readyh, K.ready, K.readyl}) do
+    if room <= 0 then break end
+    local sleeping = redis.call('ZRANGEBYSCORE', rq, '(' .. I(now_ms), I(probe_until or now_ms), 'LIMIT', 0, room)
+    for _, lane in ipairs(sleeping) do redis.call('ZADD', rq, now_ms, lane) end
+    room = room - #sleeping
+  end
 end
 
 -- 1. the outcome of the previous send (fenced by the holder token stored in the job status)
@@ -173,6 +181,7 @@ for _ = 1, 1000 do
   if not id then
     redis.call('ZREM', RQ, r)
     redis.call('HDEL', K.lprio, r)
+    redis.call('HDEL', KEYS[13], 'rs:' .. r)
     redis.call('ZREM', K.held, r)
     redis.call('DEL', KEYS[10])
     redis.call('HDEL', KEYS[12], r)
@@ -209,7 +218,7 @@ if pause.untl then
   elseif pause.untl > now_ms then
     return wait(pause.untl, 'paused:' .. (pause.reason or 'throttled'))
   elseif pause.probe ~= '' and pause.probe ~= id and pause.probe_until > now_ms then
-    return wait(now_ms + 250, 'probe')    -- another lane's probe is in flight
+    return wait(pause.probe_until, 'probe')  -- another lane's probe is in flight: sleep until it ends
   else
     probe = true
   end
@@ -249,16 +258,23 @@ if interval > 0 then
     -- ones normal and low lanes hold; a reservation further ahead than the admitted lanes can
     -- need is stale (cancelled work) and does not push later sends back
     local wake = tat - tolerance
-    local wkey = st.rate_class .. ':wake' .. ((RQ == K.readyh) and 'h' or '')
-    local slot = tonumber(redis.call('HGET', KEYS[13], wkey) or '0')
     local horizon = now_us + interval * math.max(burst, ADMIT_MAX, 1)
-    if slot > horizon then slot = horizon end
-    if slot > wake then wake = slot end
-    redis.call('HSET', KEYS[13], wkey, I(wake + interval))
+    local held = tonumber(redis.call('HGET', KEYS[13], 'rs:' .. r) or '0')
+    if held > now_us and held <= horizon then
+      wake = math.max(wake, held)  -- this lane already holds a slot: keep it, reserve no other
+    else
+      local wkey = st.rate_class .. ':wake' .. ((RQ == K.readyh) and 'h' or '')
+      local slot = tonumber(redis.call('HGET', KEYS[13], wkey) or '0')
+      if slot > horizon then slot = horizon end
+      if slot > wake then wake = slot end
+      redis.call('HSET', KEYS[13], wkey, I(wake + interval))
+    end
+    redis.call('HSET', KEYS[13], 'rs:' .. r, I(wake))
     redis.call('HINCRBY', K.stats, 'limiter_waits', 1)
     return wait(math.ceil(wake / 1000), 'rate')
   end
   redis.call('HSET', KEYS[13], st.rate_class .. ':tat', I(tat + interval))
+  redis.call('HDEL', KEYS[13], 'rs:' .. r)
 end
 if thread_us > 0 then redis.call('HSET', KEYS[13], 'th:' .. r, I(now_us)) end
 
