@@ -52,3 +52,16 @@ def test_account_state_and_refresh_are_series_with_fixed_labels(settings, rdb):
     assert got[("dmworker_account_token_refresh_state", (("account", NEW), ("state", "scheduled")))] == 1
     # an account id nobody serves never becomes a label
     assert not any("17849999999999999" in str(k) for k in got)
+
+
+def test_past_500_accounts_only_the_busy_ones_get_series(settings, rdb):
+    from dmworker.outbox import Outbox
+    from dmworker.settings import AccountConfig
+
+    many = {f"1784166{i:010d}": AccountConfig(f"1784166{i:010d}", f"IGAAmany-{i}") for i in range(600)}
+    s = settings.with_overrides(accounts={**settings.accounts, **many}, window_policy="trust")
+    busy = next(iter(many))
+    Outbox(settings=s, client=rdb, publish=lambda a, r: None).send_text("5550001", "hi", account=busy)
+    got = _scrape(s, rdb)
+    labelled = {dict(k[1]).get("account") for k in got} - {None}
+    assert busy in labelled and len(labelled) < 10, len(labelled)

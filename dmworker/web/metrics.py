@@ -112,8 +112,11 @@ class RedisCollector(Collector):
         return []  # no Redis I/O when registered
 
     def accounts(self) -> list[str]:
-        """The accounts that get an ``account`` label: those configured in this process."""
-        return sorted(self.store.settings.accounts)
+        """The accounts that get an ``account`` label: those this deployment serves — all of them up
+        to :data:`ALL_ACCOUNTS_UP_TO`; past that, only the ones with work: something due in the next
+        hour (``P:due``) or events in the last hour (``P:events:active``), so a scrape costs with the
+        active accounts, not with every registered one."""
+        return active_accounts(self.store)
 
     def collect(self) -> Iterator[Metric]:
         r = self.store.redis
@@ -305,6 +308,24 @@ class RedisCollector(Collector):
         for reason, count in by_reason.items():
             refusals.add_metric([reason], count)
         yield refusals
+
+
+#: Up to this many served accounts, every one gets its per-account series.
+ALL_ACCOUNTS_UP_TO = 500
+
+
+def active_accounts(store: LaneStore) -> list[str]:
+    """The served accounts that get per-account series (see :meth:`RedisCollector.accounts`)."""
+    served = store.settings.accounts
+    if len(served) <= ALL_ACCOUNTS_UP_TO:
+        return sorted(served)
+    sec, _ = store.redis.time()
+    now = int(sec) * 1000
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.zrangebyscore(store.keys.due, "-inf", now + 3_600_000)
+    pipe.zrangebyscore(store.keys.events_active, now - 3_600_000, "+inf")
+    due, active = pipe.execute()
+    return sorted(a for a in set(due) | set(active) if a in served)
 
 
 def _merge_priorities(row: list[Any]) -> list[Any]:

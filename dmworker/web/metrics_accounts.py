@@ -1,5 +1,8 @@
 """Per-account state and token refresh on ``/metrics`` (read from the registry and pause hashes).
 
+Past :data:`dmworker.web.metrics.ALL_ACCOUNTS_UP_TO` accounts, only the accounts with work (something
+due, events lately) or that need attention (not active, a failing refresh) get series.
+
 Series (labels only from the accounts this deployment serves, never from a request):
 
 * ``dmworker_account_state{account, state}`` — 1 for the account's state, 0 for the others of the
@@ -36,8 +39,18 @@ class AccountsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         from ..accounts import Accounts
+        from .metrics import ALL_ACCOUNTS_UP_TO, active_accounts
 
         infos = Accounts(self.store.settings, self.store.redis).list()
+        if len(infos) > ALL_ACCOUNTS_UP_TO:  # past that, the accounts with work or needing attention
+            busy = set(active_accounts(self.store))
+            infos = [
+                i
+                for i in infos
+                if i.account in busy
+                or i.state != "active"
+                or (i.refresh or {}).get("state") in ("failed", "expired", "invalid")
+            ]
         state = GaugeMetricFamily(
             "dmworker_account_state", "1 for the account's state (fixed set)", labels=["account", "state"]
         )
