@@ -147,6 +147,7 @@ class Outcome(TypedDict, total=False):
     lat_s: float
     usage_pct: int
     slow: float
+    timeout: bool  # the call timed out (several in a row pause the account)
 
 
 #: Buckets (seconds) of the due-to-sent latency counters ``e2e:<le>`` in ``P:{A}:stats``

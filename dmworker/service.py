@@ -175,7 +175,10 @@ def send(
     except gerr.PermanentError as e:
         return {"o": "failed", "dead": True, "err": e.to_dict(), "kind": kind}
     except gerr.GraphError as e:  # temporary, or outcome unknown (resent: at-least-once, see docs)
-        return _retry(attempts, settings, rand, e.to_dict(), kind)
+        out = _retry(attempts, settings, rand, e.to_dict(), kind)
+        if e.message.startswith(("ReadTimeout", "ConnectTimeout")):
+            out["timeout"] = True  # the account's calls hang: several in a row pause it (step.lua)
+        return out
     except ValueError as e:  # arguments the body builders refuse: permanent, no call was made
         return {
             "o": "failed",

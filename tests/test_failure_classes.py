@@ -116,6 +116,8 @@ def test_a_read_timeout_after_the_send_is_outcome_unknown_and_retried(settings, 
     assert run.outcomes == ["retry"]
     st = ob.status(j.id)
     assert st.state == "waiting" and st.last_error and st.last_error.kind == "outcome_unknown"
+    # counted as a timeout of the account (several in a row pause it: tests/test_fairness.py)
+    assert w.store.redis.hget(w.store.acct(ACCOUNT).limiter, "timeouts") == "1"
     sandbox.set_slow(0)
     _drive(w, "3006", lambda: ob.status(j.id).state == "sent")
     # Meta got it both times: the documented at-least-once case

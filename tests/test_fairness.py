@@ -129,7 +129,12 @@ def test_repeated_timeouts_pause_that_account_only(env):
     store, ob, _published, _clock = env
     jobs = [ob.send_text(f"{7700 + i}", "x") for i in range(5)]
     ob.send_text("7800", "fine", account=B)
-    timeout = {"o": "retry", "delay_ms": 10, "err": {"kind": "outcome_unknown", "message": "read timed out"}}
+    timeout = {
+        "o": "retry",
+        "delay_ms": 10,
+        "timeout": True,
+        "err": {"kind": "outcome_unknown", "message": "ReadTimeout: read timed out"},
+    }
     for i, j in enumerate(jobs):
         lane = f"{7700 + i}"
         assert store.step(A, lane, "w", acquire=True, now_ms=T0 + 200 * i).job_id == j.id

@@ -97,7 +97,7 @@ if prev ~= '' then
       if redis.call('LINDEX', KEYS[9], 0) == prev then redis.call('LPOP', KEYS[9]) end
       finish(prev, st, 'failed', o.err, o.dead, now_ms)
     elseif o.o == 'retry' then
-      if o.err and o.err.kind == 'outcome_unknown' then
+      if o.timeout then
         -- sends of this account time out: after TIMEOUTS_MAX in TIMEOUTS_WINDOW_MS, pause the account
         -- (not the cluster) instead of letting its hung calls hold worker threads
         local t = redis.call('HMGET', KEYS[13], 'timeouts', 'timeouts_since')
