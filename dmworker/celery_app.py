@@ -22,6 +22,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 from . import redisconn
 from .keys import Keys
 from .laneref import LaneRefError, LaneRefs, is_ref, refs_for
+from .lanes import LANES_PER_MESSAGE
 from .runtime import get_runtime, set_runtime
 from .settings import Settings
 
@@ -121,8 +122,7 @@ app.add_defaults(celery_config)
 
 TASK = "dmworker.process_lane"
 TASK_MANY = "dmworker.process_lanes"
-#: Lanes of one account a Celery message may carry (the dispatcher and producers group them).
-LANES_PER_MESSAGE = 8
+
 _producer_apps: dict[tuple[str, str], Celery] = {}
 _producer_lock = threading.Lock()
 

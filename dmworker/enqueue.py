@@ -215,14 +215,13 @@ class Enqueuer(BatchOps):
             {p.account for p in prepared if p.opts.get("replace")} if self.store.events_keep_ms else set()
         )
 
-        # when each account next has something to dispatch: a follow-up's due time, or (for a lane a
-        # producer publishes) its grace, after which a lost message is published again
+        # when each account next has something to dispatch: a follow-up's due time, or now (a lane
+        # the admission budget did not let publish waits for a dispatcher, which admits it as lanes
+        # of the account finish)
         due: dict[str, int] = {}
         for p in prepared:
             o = p.opts
-            when = o["at_ms"] or (
-                wall + o["delay_ms"] if o["delay_ms"] else wall + self.settings.dispatch_grace_ms
-            )
+            when = o["at_ms"] or (wall + o["delay_ms"] if o["delay_ms"] else wall)
             due[p.account] = min(due.get(p.account, when), when)
 
         def build(pipe: Any) -> None:

@@ -23,6 +23,9 @@ from .account_ops import AccountOps
 from .keys import AccountKeys, Keys
 from .settings import RATE_CLASSES, Settings, token_fingerprint
 
+#: Lanes of one account a Celery message may carry (dispatchers admit a backlog in such groups).
+LANES_PER_MESSAGE = 8
+
 
 @dataclass(frozen=True)
 class EnqueueResult:
@@ -326,6 +329,7 @@ class LaneStore(AccountOps):
                 1000,
                 self.settings.admit_budget(account),
                 self.settings.admit_poll_ms,
+                LANES_PER_MESSAGE,
             ],
             now_ms,
             pipe=pipe,

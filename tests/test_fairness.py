@@ -72,10 +72,15 @@ def test_a_backlog_puts_at_most_its_budget_of_messages_ahead_of_another_account(
     # When a dispatcher runs while A's ten messages are still outstanding, it admits nothing more
     d = store.dispatch(A, now_ms=T0 + 5)
     assert d.lanes == [] and d.next_ms == T0 + 5 + fsettings.admit_poll_ms
-    # When workers take and finish three of them, the dispatcher admits three more
-    for lane in [r for a, r in published if a == A][:3]:
-        _finish(store, A, lane, T0 + 10)
-    assert len(store.dispatch(A, now_ms=T0 + 20).lanes) == 3
+    # When workers take and finish seven of them, the dispatcher still waits (it admits a backlog
+    # in groups of eight: one Celery message) ...
+    mine = [r for a, r in published if a == A]
+    for i, lane in enumerate(mine[:7]):
+        _finish(store, A, lane, T0 + 150 * (i + 1))  # within A's 10/s
+    assert store.dispatch(A, now_ms=T0 + 1100).lanes == []
+    # ... and admits eight when the eighth is done
+    _finish(store, A, mine[7], T0 + 1200)
+    assert len(store.dispatch(A, now_ms=T0 + 1250).lanes) == 8
 
 
 def test_high_priority_lanes_are_admitted_before_normal_and_low(env):

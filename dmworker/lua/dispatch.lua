@@ -5,7 +5,7 @@
 -- KEYS[1] ready   KEYS[2] sched   KEYS[3] readyh   KEYS[4] readyl   KEYS[5] adm   KEYS[6] held
 -- ARGV[1] now override   ARGV[2] grace ms (how long before a claimed lane may be claimed again)
 -- ARGV[3] max lanes   ARGV[4] max follow-ups   ARGV[5] admission budget (0 = no limit)
--- ARGV[6] ms to look again when due lanes wait for the budget
+-- ARGV[6] ms to look again when due lanes wait for the budget   ARGV[7] lanes per message
 -- Returns {now_ms, next ready score or -1, next follow-up due or -1, lane count, lane...,
 --          due follow-up id...}
 local grace, limit, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
@@ -15,6 +15,12 @@ redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms - 2 * grace)  -- messages
 if budget > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now_ms)           -- holders presumed dead
   local free = budget - redis.call('ZCARD', KEYS[5]) - redis.call('ZCARD', KEYS[6])
+  -- admit a backlog in groups (ARGV[7] lanes: one Celery message), not one lane at a time; a
+  -- high-priority lane goes at the first free place
+  if redis.call('ZCOUNT', KEYS[3], '-inf', now_ms) == 0 then
+    local due_count = redis.call('ZCOUNT', KEYS[1], '-inf', now_ms) + redis.call('ZCOUNT', KEYS[4], '-inf', now_ms)
+    if free < math.min(tonumber(ARGV[7]), due_count, budget) then free = 0 end
+  end
   if free < limit then limit = math.max(0, free) end
 end
 local due, waiting = {}, false

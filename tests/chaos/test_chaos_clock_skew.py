@@ -73,7 +73,12 @@ def test_skewed_worker_clocks_keep_the_rate_limit_and_followup_times(
     sandbox.open_windows(ACCOUNT, recipients)
     sandbox.open_windows(ACCOUNT2, f_recipients)
     ob = Outbox(settings=s, client=rdb, publish=make_publisher(s))
-    assert wait_until(lambda: len(list(tmp_path.glob("w_*.*"))) == 2, 20), "the skewed workers did not start"
+
+    def written() -> bool:  # each skewed worker wrote "<its clock> <real clock>" (not just created the file)
+        files = list(tmp_path.glob("w_*.*"))
+        return len(files) == 2 and all(len(f.read_text().split()) == 2 for f in files)
+
+    assert wait_until(written, 20), "the skewed workers did not start"
     for name, skew in (("w_ahead", 600), ("w_behind", -600)):
         shown, real = map(float, next(tmp_path.glob(f"{name}.*")).read_text().split())
         assert abs(shown - real - skew) < 1, (name, shown - real)
