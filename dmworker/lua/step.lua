@@ -2,8 +2,8 @@
 -- the account pause, skip ended jobs, expire what is too old, honour the lane hold (typing pause,
 -- retry backoff), take a rate-limiter decision (GCRA on the Redis clock) and hand out the next job.
 -- KEYS[1..8] account block (see _lifecycle.lua)   KEYS[9] lane:<r>   KEYS[10] lease:<r>
--- KEYS[11] ready (unused: the prelude's lane-scheduling keys decide)   KEYS[12] hold   KEYS[13] rl   KEYS[14] pause   KEYS[15] win   KEYS[16] cmt
--- KEYS[17] usage   KEYS[18] cmtt
+-- KEYS[11] ready (unused: the prelude's lane-scheduling keys decide)   KEYS[12] hold   KEYS[13] rl
+-- KEYS[14] pause   KEYS[15] win   KEYS[16] cmt   KEYS[17] usage   KEYS[18] cmtt
 -- ARGV[1..4] clock and retention   ARGV[5] lane   ARGV[6] holder token   ARGV[7] 'acquire'|'continue'
 -- ARGV[8] lease ms   ARGV[9] previous job id ('')   ARGV[10] previous outcome JSON ('')
 -- ARGV[11] yield after the outcome (0/1)   ARGV[12] fingerprint of this process's token ('' = none)
