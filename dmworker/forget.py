@@ -235,7 +235,7 @@ def _delete_lanes(r: Any, k: AccountKeys, igsid: str, lanes: Iterable[str]) -> i
         pipe.delete(k.lease(lane))
         pipe.zrem(k.ready, lane)
         pipe.hdel(k.hold, lane)
-        pipe.hdel(k.limiter, f"th:{lane}")
+        pipe.hdel(k.limiter, f"th:{lane}", f"rs:{lane}")
         for key in (k.readyh, k.readyl, k.admitted):
             pipe.zrem(key, lane)
         pipe.hdel(k.lane_priority, lane)
