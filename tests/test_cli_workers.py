@@ -15,6 +15,8 @@ from dmworker.cli_ops import WORKER_ALIVE_MS, WorkerLiveness, describe_workers
 from dmworker.keys import Keys
 from dmworker.testing import ProcessGroup, settings_to_env, wait_until
 
+pytestmark = pytest.mark.slow  # real processes: the full suite and CI run it
+
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

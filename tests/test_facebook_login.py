@@ -17,6 +17,8 @@ from dmworker.runtime import live_settings
 from dmworker.settings import AccountConfig, token_fingerprint
 from dmworker.testing import ProcessGroup, wait_until
 
+pytestmark = pytest.mark.slow  # real processes: the full suite and CI run it
+
 IG = "17841400000000950"
 PAGE = "1029384756"
 PAGE_TOKEN = "EAAfacebookpagetokensecret0950"

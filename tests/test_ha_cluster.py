@@ -21,7 +21,10 @@ from dmworker.registry import AccountError
 from dmworker.settings import AccountConfig, ConfigError, Rate, Settings
 from dmworker.testing import ProcessGroup, wait_until
 
-pytestmark = pytest.mark.skipif(redis_server_binary() is None, reason="no redis-server binary found")
+pytestmark = [
+    pytest.mark.skipif(redis_server_binary() is None, reason="no redis-server binary found"),
+    pytest.mark.slow,  # starts a 3-primary cluster: the full suite and CI run it
+]
 
 ACCOUNTS = spread_accounts(per_node=1)  # one account on each primary
 

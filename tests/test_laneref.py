@@ -252,6 +252,7 @@ def _sent_to(sandbox, igsid: str) -> list[dict]:
     return [x for x in sandbox.sends(ACCOUNT) if x["body"]["recipient"].get("id") == igsid]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker_secret", [False, True], ids=["no-secret-key", "worker-has-secret-key"])
 def test_a_worker_process_delivers_through_refs(settings, rdb, sandbox, procs, worker_secret):
     # Given a worker process without a dispatcher (with DMWORKER_SECRET_KEY or not), and a
@@ -267,6 +268,7 @@ def test_a_worker_process_delivers_through_refs(settings, rdb, sandbox, procs, w
     assert [x["body"]["message"]["text"] for x in _sent_to(sandbox, IGSID)] == ["through a ref"]
 
 
+@pytest.mark.slow
 def test_old_form_messages_deliver_and_a_tampered_ref_is_dropped_without_a_crash(
     settings, rdb, sandbox, procs
 ):
@@ -301,6 +303,7 @@ def test_old_form_messages_deliver_and_a_tampered_ref_is_dropped_without_a_crash
     assert len(_sent_to(sandbox, IGSID)) == 1 and len(_sent_to(sandbox, "55502")) == 1
 
 
+@pytest.mark.slow
 def test_the_dispatcher_publishes_refs_too(settings, rdb, sandbox, procs):
     # Given a follow-up due in 0.3 s, and a scheduler process (it publishes with celery_app.publish)
     s = settings.with_overrides(broker_url=None)

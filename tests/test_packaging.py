@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real processes: the full suite and CI run it
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ("dmworker", "docs", "README.md", "LICENSE", "MANIFEST.in", "pyproject.toml")
 

@@ -27,6 +27,7 @@ def procs(settings):
         g.stop_all()
 
 
+@pytest.mark.slow
 def test_a_sequence_is_delivered_in_order_with_the_typing_pause(settings, sandbox, rdb, procs):
     # Given one worker and an open window
     g = procs()
@@ -128,6 +129,7 @@ def test_2000_jobs_3_workers_faults_and_sigkill_lose_nothing_and_keep_order(sett
     )
 
 
+@pytest.mark.slow
 def test_the_plain_celery_command_runs_dmworkers_app(settings, sandbox, rdb, tmp_path):
     # Given a worker started with Celery's own command line (so Flower and the usual tooling apply)
     import os
