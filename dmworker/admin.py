@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from . import jobindex
 from .accountinfo import pause_state
 from .errors import JobNotFoundError, JobStateError
 from .jobs import JobStatus
@@ -97,6 +98,7 @@ class DeadLetters:
             k = self.store.acct(acct)
             ids = self.store.redis.zrange(k.dlq, 0, -1)
             if ids:
+                jobindex.unindex(self.store.redis, k, ids)
                 pipe = self.store.redis.pipeline()
                 pipe.zrem(k.dlq, *ids)
                 pipe.hdel(k.jobs, *ids)

@@ -43,6 +43,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import jobindex
 from .errors import ValidationError
 from .keys import AccountKeys
 from .lifecycle import END_STATES, LIVE_STATES, normalize
@@ -206,6 +207,7 @@ def _count_dead(r: Any, k: AccountKeys, ids: list[str]) -> int:
 
 
 def _delete_jobs(r: Any, k: AccountKeys, ids: list[str]) -> None:
+    jobindex.unindex(r, k, ids)  # while their status records still say what was indexed
     pipe = r.pipeline(transaction=False)
     for batch in _chunks(ids, BATCH):
         pipe.hdel(k.jobs, *batch)

@@ -33,6 +33,9 @@ Per account ``A`` (prefix ``P``, default ``dmw``)::
     P:{A}:cmtt            ZSET  comment id -> ms of the comment (forgotten after 7 days)
     P:{A}:mids            HASH  Meta's message id -> job id (find a job by message id; trimmed with it)
     P:{A}:unseen          ZSET  "<lane>|<sent ms>|<job id>" (score 0, lex range): sent, not yet seen
+    P:{A}:ix              ZSET  the dashboard's search index (score 0, lex ranges; dmworker.jobindex):
+                                a|, r|<lane>|, s|<state>|, k|<key>|, d|<error>| members per job
+    P:{A}:hist            HASH  sends / failures / dead letters per minute, last hour (ring; EX 2 h)
     P:{A}:events          STREAM  the account's events (dmworker.events), kept DMWORKER_EVENTS_RETENTION_S
     P:{A}:cmta:<r>        SET   comment ids whose author is r (EX 7 days after r's last comment)
     P:{A}:usage           HASH  last usage headers seen (call_count, ...)
@@ -56,8 +59,8 @@ Global (never used inside a script together with account keys)::
     P:laneref             STR   random key sealing lane references (dmworker.laneref; no SECRET_KEY)
 
 The first eight keys of an account (:meth:`AccountKeys.block`) are the *account block* every
-script built on the lifecycle prelude takes as ``KEYS[1..8]``; ``mids``, ``unseen`` and ``events``
-come last (:meth:`AccountKeys.tail`; see ``lua/_lifecycle.lua``).
+script built on the lifecycle prelude takes as ``KEYS[1..8]``; the lane-scheduling keys, ``mids``,
+``unseen``, ``events``, ``ix`` and ``hist`` come last (:meth:`AccountKeys.tail`; see ``lua/_lifecycle.lua``).
 """
 
 from __future__ import annotations
@@ -110,6 +113,16 @@ class AccountKeys:
         return f"{self.base}:events"
 
     @property
+    def index(self) -> str:
+        """The dashboard's search index (:mod:`dmworker.jobindex`)."""
+        return f"{self.base}:ix"
+
+    @property
+    def hist(self) -> str:
+        """Sends, failures and dead letters per minute over the last hour."""
+        return f"{self.base}:hist"
+
+    @property
     def window_times(self) -> str:
         return f"{self.base}:wint"
 
@@ -158,6 +171,8 @@ class AccountKeys:
             self.mids,
             self.unseen,
             self.events,
+            self.index,
+            self.hist,
         ]
 
     def block(self) -> list[str]:

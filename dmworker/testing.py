@@ -121,6 +121,7 @@ class Accounting:
         last: dict[str, int] = {}
         self.unexpected = 0
         self.reordered = 0
+        self.reorder_examples: list[str] = []  # the first few, for the failure message
         self.duplicated = 0
         for r, tok in delivered:
             where = position.get(tok)
@@ -133,6 +134,8 @@ class Accounting:
                 continue
             if where[1] < last.get(r, -1):
                 self.reordered += 1
+                if len(self.reorder_examples) < 5:
+                    self.reorder_examples.append(f"{tok} after #{last[r]} of {r}")
             last[r] = max(last.get(r, -1), where[1])
         self.accepted = len(position)
         self.delivered = len(seen)

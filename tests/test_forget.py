@@ -202,8 +202,9 @@ _SCHEDULING = (":adm", ":held", ":ready", ":readyh", ":readyl")
 
 
 def _data(found: list[str]) -> list[str]:
-    """``found`` without the lane-scheduling sets (where a lane is, for dispatching: not data)."""
-    return [f for f in found if not f.endswith(_SCHEDULING)]
+    """``found`` without the lane-scheduling sets (where a lane is, for dispatching: not data),
+    sorted (a SCAN's order changes as keys come and go)."""
+    return sorted(f for f in found if not f.endswith(_SCHEDULING))
 
 
 def test_forget_removes_everything_of_the_person_and_nothing_of_another(

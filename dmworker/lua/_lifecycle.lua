@@ -13,8 +13,10 @@
 -- readyl (low), lprio (lane -> its priority, h or l; normal when absent), adm (lanes with a Celery
 -- message outstanding -> ms it was published), held (lanes a worker holds -> lease expiry ms); then mids (message id -> job id), unseen (sent jobs
 -- not yet seen: "<lane>|<sent ms, 13 digits>|<job id>", by lex range), events (the account's event
--- stream); ARGV: the admission budget (lane messages an account may have outstanding; 0 = no
+-- stream), ix (the dashboard's search index, below), hist (sends, failures and dead letters per
+-- minute over the last hour); ARGV: the admission budget (lane messages an account may have outstanding; 0 = no
 -- limit), then how long events are kept, ms (0 = no events).
+local HIST, IX = table.remove(KEYS), table.remove(KEYS)
 local EVENTS, UNSEEN, MIDS = table.remove(KEYS), table.remove(KEYS), table.remove(KEYS)
 local HELD, ADM, LPRIO, READYL, READYH, READY = table.remove(KEYS), table.remove(KEYS), table.remove(KEYS),
   table.remove(KEYS), table.remove(KEYS), table.remove(KEYS)
@@ -22,7 +24,7 @@ local EVENTS_KEEP_MS = tonumber(table.remove(ARGV))
 local ADMIT_MAX = tonumber(table.remove(ARGV))
 local K = {jobs = KEYS[1], st = KEYS[2], sched = KEYS[3], fkey = KEYS[4], done = KEYS[5],
   dlq = KEYS[6], stats = KEYS[7], cor = KEYS[8], mids = MIDS, unseen = UNSEEN, events = EVENTS,
-  ready = READY, readyh = READYH, readyl = READYL, lprio = LPRIO, adm = ADM, held = HELD}
+  ready = READY, readyh = READYH, readyl = READYL, lprio = LPRIO, adm = ADM, held = HELD, ix = IX, hist = HIST}
 local ACCOUNT = string.match(KEYS[1], '{(.-)}') or ''
 local RETENTION_MS, DLQ_RETENTION_MS, DLQ_MAX = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local LIVE = {scheduled = true, queued = true, waiting = true}
@@ -143,6 +145,63 @@ end
 
 local function st_put(id, st) redis.call('HSET', K.st, id, cjson.encode(st)) end
 
+-- the search index of the operator's dashboard: one lex-ordered ZSET per account, every member of
+-- score 0 (dmworker/jobindex.py reads it and writes the same formats); written where a job is
+-- accepted or changes state, removed with the job, so a search never scans Redis:
+--   a|<created ms, 13 digits>|<id>           every job, by acceptance time
+--   r|<lane>|<created>|<id>                   by recipient (lane: the IGSID, or c:<comment id>)
+--   s|<bucket>|<created>|<id>                 by state: scheduled, pending (queued, waiting,
+--                                             sending), sent, seen, failed, cancelled, expired, dead
+--   k|<follow-up key>|<created>|<id>          by key (keyed jobs)
+--   d|<error kind>|<dead-lettered ms>|<id>    dead letters by error
+local function c13(ms) return string.format('%013d', tonumber(ms or 0)) end
+local PENDING = {queued = true, waiting = true, sending = true}
+local function bucket(st)
+  if st.dead_lettered then return 'dead' end
+  if PENDING[st.state] then return 'pending' end
+  return st.state or 'pending'
+end
+local function error_kind(st)
+  return (type(st.error) == 'table' and type(st.error.kind) == 'string' and st.error.kind) or 'unknown'
+end
+local function dead_member(id, st) return 'd|' .. error_kind(st) .. '|' .. c13(st.ended_ms) .. '|' .. id end
+local function ix_add(id, st)
+  local c = c13(st.created_ms)
+  redis.call('ZADD', K.ix, 0, 'a|' .. c .. '|' .. id, 0, 'r|' .. (st.lane or '') .. '|' .. c .. '|' .. id,
+    0, 's|' .. bucket(st) .. '|' .. c .. '|' .. id)
+  if st.key then redis.call('ZADD', K.ix, 0, 'k|' .. st.key .. '|' .. c .. '|' .. id) end
+end
+-- st has changed state; `old` is its bucket before the change
+local function ix_state(id, st, old)
+  local new = bucket(st)
+  if old == new then return end
+  local c = c13(st.created_ms)
+  redis.call('ZREM', K.ix, 's|' .. old .. '|' .. c .. '|' .. id)
+  redis.call('ZADD', K.ix, 0, 's|' .. new .. '|' .. c .. '|' .. id)
+end
+local function ix_del(id, st)
+  local c = c13(st.created_ms)
+  redis.call('ZREM', K.ix, 'a|' .. c .. '|' .. id, 'r|' .. (st.lane or '') .. '|' .. c .. '|' .. id,
+    's|' .. bucket(st) .. '|' .. c .. '|' .. id)
+  if st.key then redis.call('ZREM', K.ix, 'k|' .. st.key .. '|' .. c .. '|' .. id) end
+  if st.dead_lettered then redis.call('ZREM', K.ix, dead_member(id, st)) end
+end
+
+-- sends, failures and dead letters per minute, for the last hour: a ring of 60 fields per kind
+-- ("<what>:<minute mod 60>" -> "<minute>:<count>"), the key expiring 2 h after its last write
+local function tally(what, now)
+  local m = math.floor(now / 60000)
+  local f = what .. ':' .. (m % 60)
+  local cur = redis.call('HGET', K.hist, f)
+  local n = 0
+  if cur then
+    local pm, pc = string.match(cur, '^(%d+):(%d+)$')
+    if tonumber(pm) == m then n = tonumber(pc) end
+  end
+  redis.call('HSET', K.hist, f, m .. ':' .. (n + 1))
+  redis.call('PEXPIRE', K.hist, 7200000)
+end
+
 -- the ids of the unit (a sequence) a job belongs to: '<group>-00', '<group>-01', ...; a lone job is
 -- its own unit
 local function members(id, st)
@@ -175,11 +234,11 @@ local function trim_some(now, limit)
   for _, idx in ipairs({{K.done, RETENTION_MS}, {K.dlq, DLQ_RETENTION_MS}}) do
     local old = redis.call('ZRANGEBYSCORE', idx[1], '-inf', now - idx[2], 'LIMIT', 0, limit)
     for _, id in ipairs(old) do
-      local raw = redis.call('HGET', K.st, id)
-      if raw then
-        local st = cjson.decode(raw)
+      local st = st_get(id)
+      if st then
         if type(st.message_id) == 'string' then redis.call('HDEL', K.mids, st.message_id) end
         if st.state == 'sent' then redis.call('ZREM', K.unseen, unseen_member(st, id)) end
+        ix_del(id, st)
       end
       redis.call('HDEL', K.jobs, id)
       redis.call('HDEL', K.st, id)
@@ -197,6 +256,7 @@ local function finish(id, st, state, err, dead, now)
   if st.state ~= 'scheduled' then  -- it was counted among the account's due jobs
     if redis.call('HINCRBY', K.stats, 'due_jobs', -1) < 0 then redis.call('HSET', K.stats, 'due_jobs', 0) end
   end
+  local was = bucket(st)
   st.state = state; st.updated_ms = now; st.ended_ms = now
   st.holder = nil; st.next_attempt_ms = nil
   if err then st.error = err end
@@ -214,6 +274,8 @@ local function finish(id, st, state, err, dead, now)
     if DLQ_MAX > 0 and redis.call('ZCARD', K.dlq) > DLQ_MAX then
       local oldest = redis.call('ZPOPMIN', K.dlq)
       if oldest[1] and oldest[1] ~= id then
+        local gone = st_get(oldest[1])
+        if gone then ix_del(oldest[1], gone) end
         redis.call('HDEL', K.jobs, oldest[1]); redis.call('HDEL', K.st, oldest[1])
         redis.call('HINCRBY', K.stats, 'dead_letters_dropped', 1)
       end
@@ -222,6 +284,10 @@ local function finish(id, st, state, err, dead, now)
     redis.call('ZADD', K.done, now, id)
   end
   redis.call('HINCRBY', K.stats, state, 1)
+  ix_state(id, st, was)
+  if dead then redis.call('ZADD', K.ix, 0, dead_member(id, st)) end
+  if state == 'sent' then tally('sent', now) elseif state == 'failed' or state == 'expired' then tally('failed', now) end
+  if dead then tally('dead', now) end
   if err and err.kind and (state == 'failed' or state == 'expired') then
     redis.call('HINCRBY', K.stats, 'reason:' .. err.kind, 1)
   end

@@ -91,6 +91,7 @@ for i = 1, n do
     redis.call('ZADD', K.cor, 0, cor_member(st, id))
   end
   st_put(id, st)
+  ix_add(id, st)
   if scheduled then redis.call('ZADD', K.sched, due, id) else redis.call('RPUSH', KEYS[9], id) end
 end
 if key ~= '' then redis.call('HSET', K.fkey, key, ids[1]) end

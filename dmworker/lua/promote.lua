@@ -16,6 +16,7 @@ for i = 1, n do
         st.state = 'queued'; st.updated_ms = now_ms; st.promoted_ms = now_ms
         note(st, 'promoted')
         st_put(id, st)
+        ix_state(id, st, 'scheduled')
         local was_empty = redis.call('LLEN', KEYS[9 + i]) == 0
         redis.call('RPUSH', KEYS[9 + i], id)
         promoted = promoted + 1

@@ -7,11 +7,14 @@ local id = ARGV[5]
 local st = st_get(id)
 if not st then redis.call('ZREM', K.dlq, id); return {'notfound'} end
 if redis.call('ZREM', K.dlq, id) == 0 then return {'notdead', st.state} end
+if st.dead_lettered then redis.call('ZREM', K.ix, dead_member(id, st)) end
+local was = bucket(st)
 st.state = 'queued'; st.attempts = 0; st.updated_ms = now_ms; st.due_ms = now_ms
 st.replays = (st.replays or 0) + 1
 st.dead_lettered = nil; st.holder = nil; st.next_attempt_ms = nil; st.ended_ms = nil
 st.expires_at_ms = now_ms + (st.ttl_ms or tonumber(ARGV[8]))
 note(st, 'replayed')
+ix_state(id, st, was)
 redis.call('HINCRBY', K.stats, 'due_jobs', 1)
 st_put(id, st)
 local was_empty = redis.call('LLEN', KEYS[9]) == 0

@@ -23,6 +23,7 @@ for _, entry in ipairs(entries) do
     st.state = 'seen'; st.seen_ms = now_ms; st.updated_ms = now_ms
     note(st, 'seen')
     st_put(id, st)
+    ix_state(id, st, 'sent')
     job_event('job.seen', id, st)
     out[1] = out[1] + 1
     out[#out + 1] = id

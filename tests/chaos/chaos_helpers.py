@@ -388,7 +388,7 @@ class Report:
         """The chaos targets: lost = reordered = unexpected = 0 (or lost only within ``lost_allowed``),
         duplicated <= sends in doubt at the faults, and every duplicate one of those."""
         a = self.acc
-        assert a.reordered == 0 and a.unexpected == 0, self.line()
+        assert a.reordered == 0 and a.unexpected == 0, (self.line(), a.reorder_examples)
         if lost_allowed is None:
             assert a.lost == 0, self.line()
         assert a.duplicated <= self.bound, self.line()
