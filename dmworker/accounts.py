@@ -180,6 +180,34 @@ class Accounts:
         log.info("account %s: token replaced (%s -> %s)", account_id, old[0], fields["fp"])
         return self.get(account_id)
 
+    def set_rates(
+        self, account_id: str, rates: Mapping[str, str], burst: int | None = None, now_s: float | None = None
+    ) -> AccountInfo:
+        """Change a registry account's rate limits live (``rates``: class -> ``"100/s"``; merged into
+        its current ones) and, if given, its burst.  Workers apply it at their next registry read.
+
+        Raises:
+            AccountNotFoundError: not in the registry.
+            AccountError: a bad class or rate, or a static account (configured in the environment).
+        """
+        self._registry_only(account_id)
+        now = time.time() if now_s is None else now_s
+        current = self.registry.get(account_id)
+        if current is None:
+            raise AccountNotFoundError(f"no registered account {account_id}")
+        merged = {**current.rates, **rates}
+        checked = _check_fields(current.login, current.page_id, merged, burst, None, None)
+
+        def change(cur: AccountRecord | None) -> AccountRecord:
+            if cur is None:
+                raise AccountNotFoundError(f"no registered account {account_id}")
+            extra = {"burst": checked["burst"]} if burst is not None else {}
+            return cur.with_(updated_s=now, rates={**cur.rates, **checked["rates"]}, **extra)
+
+        self.registry.update(account_id, change, self._refresh_due)
+        log.info("account %s: rates set to %s", account_id, checked["rates"])
+        return self.get(account_id)
+
     def disable(self, account_id: str, now_s: float | None = None) -> AccountInfo:
         """Stop every send of the account (its jobs wait; new sends are still accepted and wait too)."""
         self._known(account_id)

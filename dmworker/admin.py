@@ -6,6 +6,7 @@ The same functions back ``dmworker dlq ...``, ``dmworker accounts`` and the HTTP
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,67 @@ class DeadLetters:
                 pipe.execute()
                 n += len(ids)
         return n
+
+    def replay_ids(self, account: str, ids: Sequence[str]) -> int:
+        """Replay the dead letters among ``ids`` of ``account`` in pipelined round trips (what is no
+        longer dead-lettered is skipped); returns how many were replayed."""
+        from . import scripts
+
+        store, k = self.store, self.store.acct(account)
+        raws: Any = store.redis.hmget(k.status, list(ids)) if ids else []
+        lanes: dict[str, str] = {}
+        for job_id, raw in zip(ids, raws, strict=True):
+            if raw:
+                lanes[job_id] = JobStatus.from_redis(job_id, account, raw, None).lane
+        if not lanes:
+            return 0
+        s = store.settings
+        now = self._clock() if self._clock is not None else None
+        todo = list(lanes.items())
+
+        def build(pipe: Any) -> None:
+            for job_id, lane in todo:
+                store._run(
+                    "replay",
+                    account,
+                    [k.lane(lane), k.ready],
+                    [job_id, lane, s.dispatch_grace_ms, int(s.max_age_s * 1000)],
+                    now,
+                    pipe=pipe,
+                )
+
+        replies = scripts.execute_pipeline(store.redis, build)
+        replayed = 0
+        publish = []
+        for (_job_id, lane), reply in zip(todo, replies, strict=True):
+            if reply[0] == "replayed":
+                replayed += 1
+                if int(reply[1]):
+                    publish.append(lane)
+        if replayed:
+            wall = now if now is not None else int(store._redis_now_ms())
+            store.redis.zadd(store.keys.due, {account: wall + s.dispatch_grace_ms}, lt=True)
+        for lane in publish:
+            self._do_publish(account, lane)
+        return replayed
+
+    def purge_ids(self, account: str, ids: Sequence[str]) -> int:
+        """Forget the dead letters among ``ids`` of ``account``; returns how many."""
+        k = self.store.acct(account)
+        pipe = self.store.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.zscore(k.dlq, job_id)
+        scores: Any = pipe.execute() if ids else []
+        dead: list[str] = [str(j) for j, score in zip(ids, scores, strict=True) if score is not None]
+        if not dead:
+            return 0
+        jobindex.unindex(self.store.redis, k, dead)
+        pipe = self.store.redis.pipeline()
+        pipe.zrem(k.dlq, *dead)
+        pipe.hdel(k.jobs, *dead)
+        pipe.hdel(k.status, *dead)
+        pipe.execute()
+        return len(dead)
 
     def _do_publish(self, account: str, recipient: str) -> None:
         if self._publish is not None:

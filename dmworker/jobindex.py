@@ -83,10 +83,16 @@ def unindex(r: Any, k: AccountKeys, ids: list[str], batch: int = 500) -> int:
 
 @dataclass(frozen=True)
 class Page:
-    """One page of a search: job ids newest first, and the cursor of the next page (``None``: last)."""
+    """One page of a search, newest first: ``items`` are ``(tail, job id)`` where the tail is
+    ``"<ms, 13 digits>|<id>"`` (the sort key, comparable across accounts); ``cursor`` is the tail to
+    continue after (``None``: nothing more)."""
 
-    ids: list[str]
+    items: list[tuple[str, str]]
     cursor: str | None
+
+    @property
+    def ids(self) -> list[str]:
+        return [job_id for _, job_id in self.items]
 
 
 def _split(member: str) -> tuple[str, str, str]:
@@ -101,36 +107,37 @@ def page(
     prefix: str,
     *,
     limit: int = 50,
-    cursor: str | None = None,
+    after: str | None = None,
     since_ms: int | None = None,
     keep: Any = None,
 ) -> Page:
-    """Job ids under ``prefix`` (``"a|"``, ``"r|<lane>|"``, ``"s|<bucket>|"``, ``"k|<key>|"``,
-    ``"d|<kind>|"``), newest first, at most ``limit``, from after ``cursor``; ``since_ms`` keeps
-    members whose time is at least that (ms); ``keep(ids) -> list[bool]`` filters further (reads
-    are then made :data:`SCAN_PAGE` members at a time, at most 20 of them per page: a sparse filter
-    returns a short page with a cursor to go on).
+    """Jobs under ``prefix`` (``"a|"``, ``"r|<lane>|"``, ``"s|<bucket>|"``, ``"k|<key>|"``,
+    ``"d|<kind>|"``), newest first, at most ``limit``, older than the tail ``after``; ``since_ms``
+    keeps members whose time is at least that (ms); ``keep(ids) -> list[bool]`` filters further
+    (reads are then made :data:`SCAN_PAGE` members at a time, at most 20 of them per page: a sparse
+    filter returns a short page with a cursor to go on).
     """
     head = prefix[:-1]
-    hi = "(" + cursor if cursor and cursor.startswith(prefix) else "[" + prefix + "\xff"
+    hi = "(" + prefix + after if after else "[" + prefix + "\xff"
     lo = "[" + prefix + (_c13(since_ms) if since_ms is not None else "")
-    ids: list[str] = []
+    items: list[tuple[str, str]] = []
     last: str | None = None
     want = SCAN_PAGE if keep is not None else limit + 1
     for _ in range(20):
         got = r.zrevrangebylex(k.index, hi, lo, start=0, num=want)
-        exact = [(m, _split(m)[2]) for m in got if _split(m)[0] == head]  # a value may contain '|'
+        exact = [(f"{t}|{j}", j) for h, t, j in map(_split, got) if h == head]  # a value may hold '|'
         flags = keep([j for _, j in exact]) if keep is not None else [True] * len(exact)
-        for (m, job_id), ok in zip(exact, flags, strict=True):
+        for (tail, job_id), ok in zip(exact, flags, strict=True):
             if ok:
-                if len(ids) == limit:
-                    return Page(ids, last)
-                ids.append(job_id)
-            last = m
+                if len(items) == limit:
+                    return Page(items, last)
+                items.append((tail, job_id))
+            last = tail
         if len(got) < want:
-            return Page(ids, None)
+            return Page(items, None)
         hi = "(" + got[-1]
-    return Page(ids, last)
+        last = got[-1][len(prefix) :]  # scanned this far (the range goes on after it)
+    return Page(items, last)
 
 
 def count(r: Any, k: AccountKeys, prefix: str, since_ms: int | None = None) -> int:

@@ -107,6 +107,10 @@ def kind_of(path: Path) -> str | None:
         return "systemd"
     if name.endswith(".env.example"):
         return "env"
+    if name.endswith(".json"):
+        return "json"
+    if name.endswith(".md"):
+        return "markdown"
     return None
 
 
@@ -458,6 +462,10 @@ def test_every_deploy_file_parses(path: Path) -> None:
         assert parse_dockerfile(path.read_text())
     elif kind == "systemd":
         assert load_unit(path).sections()
+    elif kind == "json":
+        assert isinstance(json.loads(path.read_text()), dict)
+    elif kind == "markdown":
+        assert path.read_text().strip()
     else:
         assert parse_env_file(path.read_text())
 

@@ -106,8 +106,8 @@ def test_pages_are_newest_first_with_a_cursor_and_a_filter(outbox, store, rdb):
     jobs = [outbox.send_text("9301", f"m{i}", delay=60 + i) for i in range(7)]
     k = store.acct(ACCOUNT)
     first = jobindex.page(rdb, k, "r|9301|", limit=3)
-    second = jobindex.page(rdb, k, "r|9301|", limit=3, cursor=first.cursor)
-    third = jobindex.page(rdb, k, "r|9301|", limit=3, cursor=second.cursor)
+    second = jobindex.page(rdb, k, "r|9301|", limit=3, after=first.cursor)
+    third = jobindex.page(rdb, k, "r|9301|", limit=3, after=second.cursor)
     got = first.ids + second.ids + third.ids
     assert sorted(got) == sorted(j.id for j in jobs) and len(set(got)) == 7
     assert third.cursor is None

@@ -15,6 +15,7 @@ Run it with ``gunicorn 'dmworker.web:create_app()'`` (settings from the environm
 ``GET /readyz``                              Redis answers within 1 s                    -
 ``GET /healthz``                             Redis + a worker heartbeat (not a probe)    -
 ``GET /metrics``, ``/openapi.json``            Prometheus, the spec                        -
+``/ui/...``                                  the operator's dashboard (:mod:`.ui`)          session
 ===========================================  ==========================================  =======
 
 Probes of the web tier: liveness ``/livez``, readiness ``/readyz`` (see :mod:`.health`); a worker
@@ -83,7 +84,7 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = web
 
-    from . import api, api_callbacks, health, metrics, openapi, webhook
+    from . import api, api_callbacks, health, metrics, openapi, ui, webhook
 
     app.register_blueprint(webhook.bp)
     app.register_blueprint(api.bp)
@@ -91,6 +92,7 @@ def create_app(
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(ui.bp)
     _error_handlers(app)
     web.telemetry.install(app)
     return app
