@@ -19,7 +19,7 @@ from .accountinfo import pause_state
 from .keys import AccountKeys
 from .lanes import LaneStore
 from .lifecycle import normalize
-from .settings import RATE_CLASSES
+from .settings import RATE_CLASSES, parse_rate
 
 #: Accounts searched at once when no account is named (larger scopes must name one).
 MAX_SEARCH_ACCOUNTS = 500
@@ -375,6 +375,7 @@ class AccountRow:
     state: str  # active | paused | reauth_required | disabled
     paused_until_ms: int | None
     pause_reason: str | None
+    pause_detail: str | None
     rate_per_s: float
     rates: dict[str, str]
     sent_per_s: float  # measured over the last 5 minutes
@@ -444,7 +445,10 @@ def account_page(store: LaneStore, accounts: Sequence[str]) -> list[AccountRow]:
         until = int(pause["until"]) if pause.get("until") else None
         active = until is not None and (until > now or pause.get("reason") in ("token_invalid", "disabled"))
         per_min = hist_counts(hist, now)
-        text_rate = s.rate_for(account, "text")
+        rates = {c: str(s.rate_for(account, c)) for c in RATE_CLASSES}
+        if rec is not None:  # the registry's current limits (this process may not have reloaded them)
+            rates.update({c: str(v) for c, v in rec.rates.items() if c in rates})
+        text_rate = parse_rate(rates["text"])
         rate = text_rate.count / text_rate.period_s
         jobs = int(due or 0)
         out.append(
@@ -453,8 +457,9 @@ def account_page(store: LaneStore, accounts: Sequence[str]) -> list[AccountRow]:
                 state=state,
                 paused_until_ms=until if active else None,
                 pause_reason=pause.get("reason") if active else None,
+                pause_detail=pause.get("detail") if active else None,
                 rate_per_s=rate,
-                rates={c: str(s.rate_for(account, c)) for c in RATE_CLASSES},
+                rates=rates,
                 sent_per_s=round(sum(per_min["sent"][-5:]) / 300.0, 2),
                 usage_pct=int(usage) if usage else None,
                 backlog_jobs=jobs,

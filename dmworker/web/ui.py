@@ -331,7 +331,12 @@ def job(job_id: str) -> ResponseReturnValue:
     except ValueError:
         payload = None
     timeline = [
-        {"ms": e[0], "what": e[1], "detail": e[2] if len(e) > 2 else "", "count": e[3] if len(e) > 3 else 1}
+        {
+            "ms": e[0],
+            "what": e[1],
+            "detail": _detail(e[2] if len(e) > 2 else ""),
+            "count": e[3] if len(e) > 3 else 1,
+        }
         for e in status.timeline
         if isinstance(e, list) and e
     ]
@@ -343,6 +348,12 @@ def job(job_id: str) -> ResponseReturnValue:
         account=account,
         done=flask.request.args.get("done"),
     )
+
+
+def _detail(value: Any) -> str:
+    """A timeline detail as text: an epoch-ms time (a due time, a wait) as a UTC time."""
+    text = str(value or "")
+    return f"until {dash.fmt_ms(int(text))}" if text.isdigit() and len(text) == 13 else text
 
 
 @bp.post("/jobs/<job_id>/cancel")
