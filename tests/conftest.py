@@ -27,6 +27,8 @@ from dmworker.settings import AccountConfig, Settings
 
 ACCOUNT = "17841400000000001"
 TOKEN = "IGAAtest-token-secret-value-0001"
+#: Where the dashboard's browser tests save their screenshots (default: the test's tmp dir).
+SCREENSHOT_DIR_VAR = "DMWORKER_TEST_SCREENSHOT_DIR"
 ACCOUNT2 = "17841400000000002"
 TOKEN2 = "IGAAtest-token-secret-value-0002"
 

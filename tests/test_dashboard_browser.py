@@ -4,7 +4,7 @@ and the Graph sandbox behind it.
 
 Flows: sign in, find a job by recipient and open its timeline, replay one account's dead letters by
 filter (count shown, confirmed, audited), pause and resume an account, and a viewer who cannot act.
-Each page is saved as a PNG (``DMWORKER_SCREENSHOT_DIR``, else the test's tmp dir); the key ones are
+Each page is saved as a PNG (``DMWORKER_TEST_SCREENSHOT_DIR``, else the test's tmp dir); the key ones are
 in docs/dashboard.md.
 
 CI installs ``chromium`` and ``chromium-driver`` (.ci/run); elsewhere the test is skipped when they
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACCOUNT, ACCOUNT2
+from conftest import ACCOUNT, ACCOUNT2, SCREENSHOT_DIR_VAR
 from test_dashboard import ADMIN, ENTRIES, VIEW_A, _dead_letters
 from werkzeug.serving import make_server
 
@@ -60,7 +60,7 @@ def server(bsettings, rdb) -> Iterator[str]:
 
 @pytest.fixture
 def shots(tmp_path) -> Path:
-    where = Path(os.environ.get("DMWORKER_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    where = Path(os.environ.get(SCREENSHOT_DIR_VAR) or tmp_path / "screenshots")
     where.mkdir(parents=True, exist_ok=True)
     return where
 
