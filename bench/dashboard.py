@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import re
 import statistics
@@ -123,7 +124,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1_000_000)
     ap.add_argument("--dead", type=int, default=200_000)
     ap.add_argument("--accounts", type=int, default=200)
+    ap.add_argument("--idle-accounts", type=int, default=100_000, help="more accounts, without jobs")
     a = ap.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     r = c.rdb()
     prefix = c.new_prefix("ui")
     settings = Settings.from_env({}).with_overrides(
@@ -184,6 +187,16 @@ def main() -> None:
         )
         t_ui.time("follow-ups of an account", f"/ui/followups?account={big}")
         t_ui.time("audit log", "/ui/audit")
+        if a.idle_accounts:
+            idle = [f"179{i:014d}" for i in range(a.idle_accounts)]
+            for i in range(0, len(idle), 10_000):
+                r.sadd(Keys(prefix).accounts, *idle[i : i + 10_000])
+            n_all = a.accounts + a.idle_accounts
+            t_ui.time(f"overview with {n_all:,} accounts (first page)", "/ui/")
+            t_ui.time(f"overview with {n_all:,} accounts (last page)", f"/ui/?page={n_all // 50 + 1}")
+            t_ui.time(f"overview, accounts filtered by id ({n_all:,})", f"/ui/?q={big[-6:]}")
+            t_api.time(f"API: every account's state ({n_all:,} accounts)", "/v1/accounts", bearer, n=3)
+            r.srem(Keys(prefix).accounts, *idle[:1])  # (the rest go with the prefix at the end)
         # bulk replay, through the real scripts, of the dead letters of one error on the big account
         n_dead = jobindex.count(r, Keys(prefix).account(big), "d|outside_window|")
         html = ui.get(base + f"/ui/dlq/bulk?action=replay&account={big}&error=outside_window").text

@@ -9,6 +9,7 @@ Times are epoch milliseconds (the Redis clock) unless a name says otherwise.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -475,14 +476,35 @@ def account_page(store: LaneStore, accounts: Sequence[str]) -> list[AccountRow]:
     return out
 
 
-def known_accounts(store: LaneStore, scope: frozenset[str] | None) -> list[str]:
-    """Every account the scope covers that has jobs or is configured or registered, sorted."""
-    from .registry import Registry
+#: How long the overview reuses its sorted list of every account (s): reading and sorting 100,000
+#: names costs more than a page of rows.
+ACCOUNT_LIST_TTL_S = 10.0
+_account_lists: dict[tuple[int, str], tuple[float, list[str]]] = {}
+_account_lock = threading.Lock()
 
+
+def known_accounts(store: LaneStore, scope: frozenset[str] | None) -> list[str]:
+    """Every account the scope covers that has jobs or is configured or registered, sorted (the
+    whole-cluster list is reused for :data:`ACCOUNT_LIST_TTL_S`: a new account shows up within it)."""
     if scope is not None:
         return sorted(scope)
+    cache_key = (id(store.redis), store.settings.key_prefix)
+    with _account_lock:
+        hit = _account_lists.get(cache_key)
+        if hit is not None and time.monotonic() - hit[0] < ACCOUNT_LIST_TTL_S:
+            return hit[1]
+    found = _all_accounts(store)
+    with _account_lock:
+        _account_lists[cache_key] = (time.monotonic(), found)
+    return found
+
+
+def _all_accounts(store: LaneStore) -> list[str]:
+    from .registry import Registry
+
     known = set(store.redis.smembers(store.keys.accounts)) | set(store.settings.accounts)
-    known |= set(Registry(store.settings.key_prefix, store.redis).snapshot()[1])
+    registry: Any = Registry(store.settings.key_prefix, store.redis)
+    known |= set(registry.redis.hkeys(registry.keys.accounts))  # names only, not the records
     return sorted(known)
 
 
