@@ -212,10 +212,22 @@ def publish_lanes(settings: Settings, lanes: list[tuple[str, str]]) -> None:
 @app.task(name=TASK_MANY, acks_late=True, ignore_result=True)
 def process_lanes(account: str, refs: list[str]) -> list[dict[str, Any]]:
     """Deliver several lanes of ``account`` one after the other (see :func:`process_lane`); returns
-    what each visit did."""
+    what each visit did.  The step that ends one lane takes the next lane in the same Redis call
+    (:meth:`dmworker.worker.LaneWorker.run_lanes`)."""
     if not isinstance(refs, list):
         return [{"ended": "bad_ref"}]
-    return [process_lane(account, ref) for ref in refs[:LANES_PER_MESSAGE]]
+    rt = get_runtime()
+    out: list[dict[str, Any] | None] = []
+    lanes: list[str] = []
+    for ref in refs[:LANES_PER_MESSAGE]:
+        recipient = _open(rt, account, ref)
+        out.append(None if recipient is not None else {"ended": "bad_ref"})
+        if recipient is not None:
+            lanes.append(recipient)
+    if lanes:
+        runs = iter(_worker_of(rt).run_lanes(account, lanes, publish))
+        out = [o if o is not None else next(runs).summary() for o in out]
+    return [o for o in out if o is not None]
 
 
 @app.task(name=TASK, acks_late=True, ignore_result=True)
@@ -228,26 +240,40 @@ def process_lane(account: str, ref: str) -> dict[str, Any]:
     not yet upgraded.  A reference that does not open is logged (without it) and dropped:
     ``{"ended": "bad_ref"}`` (the dispatcher publishes every waiting lane from Redis anyway).
     """
+    rt = get_runtime()
+    recipient = _open(rt, account, ref)
+    if recipient is None:
+        return {"ended": "bad_ref"}
+    summary: dict[str, Any] = _worker_of(rt).run_lane(account, recipient, publish).summary()
+    return summary
+
+
+def _open(rt: Any, account: str, ref: Any) -> str | None:
+    """The lane inside ``ref`` (a plain lane name of the older form as it is); ``None``, logged,
+    when it does not open."""
+    if not isinstance(ref, str):
+        return None
+    if not is_ref(ref):
+        return ref  # the older form, published by a process not yet upgraded
+    try:
+        return _refs(rt.settings, rt.redis).open(account, ref)
+    except LaneRefError:
+        log.warning(
+            "a lane message was dropped: its lane reference does not open under this "
+            "deployment's keys (altered, or sealed with another DMWORKER_SECRET_KEY)",
+            extra={"account": account},
+        )
+        return None
+
+
+def _worker_of(rt: Any) -> Any:
+    """This process's lane worker (built on first use, and again when the runtime's store changes)."""
     from .worker import LaneWorker
 
-    rt = get_runtime()
-    if is_ref(ref):
-        try:
-            recipient = _refs(rt.settings, rt.redis).open(account, ref)
-        except LaneRefError:
-            log.warning(
-                "a lane message was dropped: its lane reference does not open under this "
-                "deployment's keys (altered, or sealed with another DMWORKER_SECRET_KEY)",
-                extra={"account": account},
-            )
-            return {"ended": "bad_ref"}
-    else:
-        recipient = ref  # the older form, published by a process not yet upgraded
     worker = _lane_worker()
     if worker is None or worker.store is not rt.store:
         worker = _set_lane_worker(LaneWorker(rt.settings, rt.store))
-    summary: dict[str, Any] = worker.run_lane(account, recipient, publish).summary()
-    return summary
+    return worker
 
 
 _worker_lock = threading.Lock()

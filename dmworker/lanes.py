@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -62,6 +62,8 @@ class Step:
     now_ms: int = 0
     until_ms: int | None = None
     why: str | None = None
+    #: the step of the next lane taken in the same call (``LaneStore.step(next_lane=...)``)
+    next: Step | None = None
 
 
 class LaneStore(AccountOps):
@@ -264,15 +266,23 @@ class LaneStore(AccountOps):
         outcome: Mapping[str, Any] | None = None,
         yield_lane: bool = False,
         token: str = "",
+        next_lane: str | None = None,
+        next_holder: str = "",
         now_ms: int | None = None,
     ) -> Step:
-        """Record ``outcome`` of ``prev_id`` and get the lane's next action (one round trip)."""
+        """Record ``outcome`` of ``prev_id`` and get the lane's next action (one round trip).
+
+        With ``next_lane`` (another lane of ``account``, the next one of the same Celery message):
+        when this lane has no job to hand out now, the same call takes ``next_lane`` for
+        ``next_holder`` as an ``acquire=True`` step would, and its step is the result's ``next``
+        (``None`` when this lane handed out a job and the next one was not touched).
+        """
         k = self.acct(account)
         s = self.settings
         keys = [
+            *k.block(),
             k.lane(recipient),
             k.lease(recipient),
-            k.ready,
             k.hold,
             k.limiter,
             k.pause,
@@ -281,7 +291,13 @@ class LaneStore(AccountOps):
             k.usage,
             k.comment_times,
         ]
+        if next_lane is not None:
+            keys += [k.lane(next_lane), k.lease(next_lane)]
+        keys += k.tail()
         args: list[Any] = [
+            s.retention_s * 1000,
+            s.dlq_retention_s * 1000,
+            s.dlq_max,
             recipient,
             holder,
             "acquire" if acquire else "continue",
@@ -293,10 +309,36 @@ class LaneStore(AccountOps):
             s.decision_burst_for(account),
             s.thread_min_interval_ms * 1000,
             int(s.usage_decay_s * 1000),
+            next_lane or "",
+            next_holder,
         ]
         for klass in RATE_CLASSES:
             args += [klass, s.rate_for(account, klass).interval_us]
-        reply = self._run("step", account, keys, args, now_ms, emits=bool(prev_id))
+        args += [s.admit_budget(account), self.events_keep_ms]
+        reply = self._step_call(account, keys, args, now_ms, emits=bool(prev_id))
+        if next_lane is None:
+            return self._parse_step(reply)
+        first = self._parse_step(reply[0])
+        if len(reply) < 2:
+            return first
+        return replace(first, next=self._parse_step(reply[1]))
+
+    def _step_call(
+        self, account: str, keys: list[str], args: list[Any], now_ms: int | None, emits: bool
+    ) -> Any:
+        """The ``step`` script; with ``emits``, the account is marked in ``P:events:active`` in the
+        same round trip (as :meth:`_run` does)."""
+        if not emits or not self.events_keep_ms:
+            return scripts.run(self.redis, "step", keys, args, now_ms)
+
+        def build(p: Any) -> None:
+            scripts.run(self.redis, "step", keys, args, now_ms, pipe=p)
+            p.zadd(self.keys.events_active, {account: int(time.time() * 1000)})
+
+        return scripts.execute_pipeline(self.redis, build)[0]
+
+    @staticmethod
+    def _parse_step(reply: list[Any]) -> Step:
         tag = reply[0]
         if tag == "job":
             return Step(

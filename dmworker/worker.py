@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,20 +89,67 @@ class LaneWorker:
         self, account: str, recipient: str, publish: Callable[[str, str], Any] | None = None
     ) -> LaneRun:
         """Deliver the lane's jobs until it is empty, must wait, or has had its slice."""
-        holder = uuid.uuid4().hex
+        return self.run_lanes(account, [recipient], publish)[0]
+
+    def run_lanes(
+        self, account: str, recipients: Sequence[str], publish: Callable[[str, str], Any] | None = None
+    ) -> list[LaneRun]:
+        """Visit lanes of ``account`` one after the other (the lanes of one Celery message), each
+        as :meth:`run_lane` does; returns what each visit did, in order.
+
+        The step call that ends a lane (empty, waiting, handed back) also takes the next lane and
+        its first job: a message of one-message lanes costs one ``step`` call per lane, not two.
+        """
+        lanes = list(dict.fromkeys(recipients))  # a lane named twice is visited once
+        holders = [uuid.uuid4().hex for _ in lanes]
         token = self.clients.token(account)
-        run = LaneRun()
-        step = self.store.step(account, recipient, holder, acquire=True, token=token, now_ms=self.clock())
-        started = time.monotonic()
-        while step.action == "job":
-            outcome = self.execute(account, recipient, step, token)
-            run.outcomes.append(outcome["o"])
-            if outcome["o"] == "sent":
-                run.sent += 1
-            give_back = (
-                len(run.outcomes) >= self.settings.lane_batch or time.monotonic() - started > LANE_SLICE_S
-            )
-            step = self._record(account, recipient, holder, step.job_id, outcome, give_back, token)
+        runs: list[LaneRun] = []
+        step: Step | None = None
+        for i, recipient in enumerate(lanes):
+            nxt = lanes[i + 1] if i + 1 < len(lanes) else None
+            nxt_holder = holders[i + 1] if nxt is not None else ""
+            if step is None:
+                step = self.store.step(
+                    account,
+                    recipient,
+                    holders[i],
+                    acquire=True,
+                    token=token,
+                    next_lane=nxt,
+                    next_holder=nxt_holder,
+                    now_ms=self.clock(),
+                )
+            run = LaneRun()
+            started = time.monotonic()
+            while step.action == "job":
+                outcome = self.execute(account, recipient, step, token)
+                run.outcomes.append(outcome["o"])
+                if outcome["o"] == "sent":
+                    run.sent += 1
+                give_back = (
+                    len(run.outcomes) >= self.settings.lane_batch or time.monotonic() - started > LANE_SLICE_S
+                )
+                step = self._record(
+                    account, recipient, holders[i], step.job_id, outcome, give_back, token, nxt, nxt_holder
+                )
+            self._ended(account, recipient, run, step, publish)
+            runs.append(run)
+            step = step.next  # the next lane's first step, taken by the same call (None: not taken)
+        if len(dict.fromkeys(recipients)) != len(recipients):  # one run per lane named
+            by_lane = dict(zip(lanes, runs, strict=True))
+            return [by_lane[r] for r in recipients]
+        return runs
+
+    def _ended(
+        self,
+        account: str,
+        recipient: str,
+        run: LaneRun,
+        step: Step,
+        publish: Callable[[str, str], Any] | None,
+    ) -> None:
+        """What follows the end of a lane's visit: the dispatchers' schedule, a handed-back lane's
+        new message, the reauth check."""
         run.ended = step.action
         run.wait_until_ms = step.until_ms
         run.why = step.why
@@ -116,7 +163,6 @@ class LaneWorker:
                 "lane lease lost (a send took longer than DMWORKER_LEASE_MS)",
                 extra={"account": account, "recipient": recipient},
             )
-        return run
 
     def _schedule(self, account: str, step: Step) -> None:
         """Make the dispatchers look at the account when the lane it left waiting is due again
@@ -139,11 +185,15 @@ class LaneWorker:
         outcome: dict[str, Any],
         give_back: bool,
         token: str,
+        next_lane: str | None = None,
+        next_holder: str = "",
     ) -> Step:
-        """Record ``outcome`` and take the next step, retrying a transient Redis error (bounded).
+        """Record ``outcome`` and take the next step (and, when the lane ends, the first step of
+        ``next_lane``), retrying a transient Redis error (bounded).
 
         Safe to repeat: the outcome is fenced by the holder token, so a call that ran but whose
-        reply was lost is not recorded twice; the job it handed out is handed out again.
+        reply was lost is not recorded twice; the job it handed out (of this lane, or of the next
+        one under the same holder token) is handed out again.
         """
         for attempt in range(RECORD_ATTEMPTS):
             try:
@@ -156,6 +206,8 @@ class LaneWorker:
                     outcome=outcome,
                     yield_lane=give_back,
                     token=token,
+                    next_lane=next_lane,
+                    next_holder=next_holder,
                     now_ms=self.clock(),
                 )
             except (redis.ConnectionError, redis.TimeoutError):
