@@ -30,7 +30,7 @@ from flask.typing import ResponseReturnValue
 from ..accounts import Accounts
 from ..apitokens import ApiTokens
 from ..errors import ValidationError
-from ..registry import AccountConflictError, AccountError, AccountNotFoundError
+from ..registry import ACCOUNT_ID_RE, AccountConflictError, AccountError, AccountNotFoundError
 from ..settings import ConfigError
 from .api import bp
 from .auth import current_scope
@@ -171,6 +171,11 @@ def create_api_token() -> ResponseReturnValue:
     name, role, accounts = body.get("name"), body.get("role"), body.get("accounts")
     if accounts is not None and not isinstance(accounts, list):
         raise ValidationError({"accounts": ["a list of account ids"]})
+    bad = [a for a in accounts or () if not isinstance(a, str) or not ACCOUNT_ID_RE.match(a)]
+    if bad:
+        raise ValidationError(
+            {"accounts": [f"not an account id (letters, digits, _ and -, 1 to 64): {bad[0]!r}"]}
+        )
     if not isinstance(name, str) or not isinstance(role, str):
         raise ValidationError(
             {f: ["a string is required"] for f in ("name", "role") if not isinstance(body.get(f), str)}
