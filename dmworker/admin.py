@@ -209,18 +209,23 @@ def account_states(store: LaneStore) -> list[AccountState]:
     sec, usec = r.time()
     now = int(sec) * 1000 + int(usec) // 1000
     out = []
-    for acct in sorted(known):
-        k = store.acct(acct)
+    names = sorted(known)
+    replies: list[Any] = []
+    for i in range(0, len(names), 500):  # one round trip per 500 accounts
         pipe = r.pipeline(transaction=False)
-        pipe.hgetall(k.pause)
-        pipe.hget(k.usage, "call_count_pct")
-        pipe.hget(k.limiter, "slow")
-        for ready in k.ready_sets:
-            pipe.zcard(ready)
-        pipe.zcard(k.sched)
-        pipe.zcard(k.dlq)
-        pipe.hgetall(k.stats)
-        pause, usage, slow, lanes_h, lanes_n, lanes_l, sched, dlq, stats = pipe.execute()
+        for acct in names[i : i + 500]:
+            k = store.acct(acct)
+            pipe.hgetall(k.pause)
+            pipe.hget(k.usage, "call_count_pct")
+            pipe.hget(k.limiter, "slow")
+            for ready in k.ready_sets:
+                pipe.zcard(ready)
+            pipe.zcard(k.sched)
+            pipe.zcard(k.dlq)
+            pipe.hgetall(k.stats)
+        replies += pipe.execute()
+    for n, acct in enumerate(names):
+        pause, usage, slow, lanes_h, lanes_n, lanes_l, sched, dlq, stats = replies[n * 9 : (n + 1) * 9]
         lanes = int(lanes_h) + int(lanes_n) + int(lanes_l)
         until = int(pause["until"]) if pause.get("until") else None
         active = until is not None and (until > now or pause.get("reason") == "token_invalid")
