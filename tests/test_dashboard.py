@@ -220,3 +220,18 @@ def test_pause_resume_and_a_live_rate_change_are_audited(app, dsettings, rdb, ke
     actions = [e.action for e in AuditLog(key_prefix, rdb).latest(10)]
     assert actions[:4] == ["account.token", "account.rate", "account.resume", "account.pause"]
     assert "IGAA-new-token-value-78" not in str([e.to_dict() for e in AuditLog(key_prefix, rdb).latest(10)])
+
+
+def test_a_followup_is_found_by_key_and_cancelled_from_its_list(app, dsettings, rdb, key_prefix):
+    ob = Outbox(settings=dsettings, client=rdb, publish=lambda a, r: None)
+    keep = ob.send_text("4460001", "tomorrow", delay=86400, key="keep-me")
+    drop = ob.send_text("4460002", "in an hour", delay=3600, key="drop-me")
+    client = sign_in(app, PROD_A)
+    listing = client.get(f"/ui/followups?account={ACCOUNT}").get_data(as_text=True)
+    assert re.findall(r'class="job-link">([^<]+)<', listing) == [drop.id, keep.id]  # soonest first
+    by_key = f"/ui/followups?account={ACCOUNT}&key=drop-me"
+    assert re.findall(r'class="job-link">([^<]+)<', client.get(by_key).get_data(as_text=True)) == [drop.id]
+    resp = _post(client, f"/ui/followups/{drop.id}/cancel", by_key, back=by_key)
+    assert resp.status_code == 302 and "done=cancelled" in resp.headers["Location"]
+    assert ob.status(drop.id).state == "cancelled" and ob.status(keep.id).state == "scheduled"
+    assert AuditLog(key_prefix, rdb).latest(1)[0].action == "followup.cancel"
