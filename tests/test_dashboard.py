@@ -235,3 +235,17 @@ def test_a_followup_is_found_by_key_and_cancelled_from_its_list(app, dsettings, 
     assert resp.status_code == 302 and "done=cancelled" in resp.headers["Location"]
     assert ob.status(drop.id).state == "cancelled" and ob.status(keep.id).state == "scheduled"
     assert AuditLog(key_prefix, rdb).latest(1)[0].action == "followup.cancel"
+
+
+def test_with_more_accounts_than_a_search_covers_the_pages_ask_for_one(app, dsettings, rdb):
+    from dmworker import dashboard
+
+    store = LaneStore(dsettings, rdb)
+    rdb.sadd(store.keys.accounts, *[f"1799{i:011d}" for i in range(dashboard.MAX_SEARCH_ACCOUNTS + 1)])
+    client = sign_in(app, ADMIN)
+    for path in ("/ui/dlq", "/ui/followups"):
+        resp = client.get(path)
+        assert resp.status_code == 200, path
+        assert "name one" in resp.get_data(as_text=True)
+    assert client.get("/ui/jobs?recipient=123").status_code == 400  # an explicit search says why
+    assert client.get(f"/ui/dlq?account={ACCOUNT}").status_code == 200

@@ -402,7 +402,20 @@ def _dead_query() -> tuple[str, dash.DeadQuery, str]:
 def dlq() -> ResponseReturnValue:
     store = ctx().store
     account, q, since_raw = _dead_query()
-    accounts = dash.search_accounts(store, account, _scope_accounts())
+    try:
+        accounts = dash.search_accounts(store, account, _scope_accounts())
+    except dash.SearchError as e:  # too many accounts to list them all: ask for one
+        return _page(
+            "dlq.html",
+            account=account,
+            q=q,
+            since=since_raw,
+            result=None,
+            hint=str(e),
+            kinds=[],
+            accounts=_account_choices(),
+            done=flask.request.args.get("done"),
+        )
     result = dash.search_dead(store, accounts, q, after=flask.request.args.get("after") or None, limit=PAGE)
     return _page(
         "dlq.html",
@@ -410,6 +423,7 @@ def dlq() -> ResponseReturnValue:
         q=q,
         since=since_raw,
         result=result,
+        hint=None,
         kinds=dash.error_kinds(store, accounts),
         accounts=_account_choices(),
         done=flask.request.args.get("done"),
@@ -482,7 +496,19 @@ def followups() -> ResponseReturnValue:
     args = flask.request.args
     account = _account_arg()
     recipient, key = (args.get("recipient") or "").strip(), (args.get("key") or "").strip()
-    accounts = dash.search_accounts(store, account, _scope_accounts())
+    try:
+        accounts = dash.search_accounts(store, account, _scope_accounts())
+    except dash.SearchError as e:  # too many accounts to list them all: ask for one
+        return _page(
+            "followups.html",
+            account=account,
+            recipient=recipient,
+            key=key,
+            result=None,
+            hint=str(e),
+            accounts=_account_choices(),
+            done=args.get("done"),
+        )
     result = dash.search_followups(
         store, accounts, recipient=recipient, key=key, after=args.get("after") or None, limit=PAGE
     )
@@ -492,6 +518,7 @@ def followups() -> ResponseReturnValue:
         recipient=recipient,
         key=key,
         result=result,
+        hint=None,
         accounts=_account_choices(),
         done=args.get("done"),
     )
