@@ -128,8 +128,13 @@ def test_every_route_is_documented(api_url, settings, rdb):
     app = create_app(settings, redis_client=rdb, publish=lambda a, r: None)
     doc = app.test_client().get("/openapi.json").json
     documented = {(p, m.upper()) for p, ops in doc["paths"].items() for m in ops if m != "parameters"}
+    dashboard_doc = (TESTS.parent / "docs" / "dashboard.md").read_text()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint in ("static", "ui.static"):
+            continue
+        if rule.endpoint.startswith("ui."):  # the dashboard's HTML pages: documented in docs/dashboard.md
+            page = rule.rule.split("<", 1)[0].rstrip("/") or "/ui"
+            assert f"`{page}" in dashboard_doc, f"{rule.rule} is not in docs/dashboard.md"
             continue
         path = rule.rule.replace("<", "{").replace(">", "}")
         for method in rule.methods - {"HEAD", "OPTIONS"}:
