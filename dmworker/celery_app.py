@@ -212,8 +212,10 @@ def publish_lanes(settings: Settings, lanes: list[tuple[str, str]]) -> None:
 @app.task(name=TASK_MANY, acks_late=True, ignore_result=True)
 def process_lanes(account: str, refs: list[str]) -> list[dict[str, Any]]:
     """Deliver several lanes of ``account`` one after the other (see :func:`process_lane`); returns
-    what each visit did.  The step that ends one lane takes the next lane in the same Redis call
-    (:meth:`dmworker.worker.LaneWorker.run_lanes`)."""
+    what each visit did (and, last, ``{"continued_lanes": n, "sent": ...}`` for the lanes of the
+    account the thread went on with, see below).  The step that ends one lane takes the next lane
+    in the same Redis call, and, while the visit has time left, a group of the account's lanes
+    waiting for admission (:meth:`dmworker.worker.LaneWorker.run_lanes`)."""
     if not isinstance(refs, list):
         return [{"ended": "bad_ref"}]
     rt = get_runtime()
@@ -224,17 +226,32 @@ def process_lanes(account: str, refs: list[str]) -> list[dict[str, Any]]:
         out.append(None if recipient is not None else {"ended": "bad_ref"})
         if recipient is not None:
             lanes.append(recipient)
-    if lanes:
-        runs = iter(_worker_of(rt).run_lanes(account, lanes, publish))
-        out = [o if o is not None else next(runs).summary() for o in out]
-    return [o for o in out if o is not None]
+    if not lanes:
+        return [o for o in out if o is not None]
+    runs = _worker_of(rt).run_lanes(account, lanes, publish, go_on=_threads_free, publish_group=publish_group)
+    mine = iter(runs[: len(lanes)])
+    done = [o if o is not None else next(mine).summary() for o in out]
+    if len(runs) > len(lanes):
+        done.append(_continued(runs[len(lanes) :]))
+    return done
+
+
+def _continued(runs: list[Any]) -> dict[str, Any]:
+    """What the lanes a visit took on by itself did, together (never which lanes)."""
+    out: dict[str, Any] = {"continued_lanes": len(runs)}
+    for run in runs:
+        for o in run.outcomes:
+            out[o] = out.get(o, 0) + 1
+    return out
 
 
 @app.task(name=TASK, acks_late=True, ignore_result=True)
 def process_lane(account: str, ref: str) -> dict[str, Any]:
     """Deliver what the lane of ``account`` sealed in ``ref`` holds; returns what the visit did
     (Flower shows it; never the recipient):
-    ``{"ended": "empty" | "wait" | "yield" | ..., "sent": n, "failed": n, "waiting_until_ms": ...}``.
+    ``{"ended": "empty" | "wait" | "yield" | ..., "sent": n, "failed": n, "waiting_until_ms": ...}``,
+    with ``"continued": {"continued_lanes": n, "sent": n, ...}`` when the thread went on with other
+    lanes of the account waiting for admission (see :func:`process_lanes`).
 
     ``ref`` is a lane reference (:mod:`dmworker.laneref`), or a plain lane name from a process
     not yet upgraded.  A reference that does not open is logged (without it) and dropped:
@@ -244,7 +261,12 @@ def process_lane(account: str, ref: str) -> dict[str, Any]:
     recipient = _open(rt, account, ref)
     if recipient is None:
         return {"ended": "bad_ref"}
-    summary: dict[str, Any] = _worker_of(rt).run_lane(account, recipient, publish).summary()
+    runs = _worker_of(rt).run_lanes(
+        account, [recipient], publish, go_on=_threads_free, publish_group=publish_group
+    )
+    summary: dict[str, Any] = runs[0].summary()
+    if len(runs) > 1:
+        summary["continued"] = _continued(runs[1:])
     return summary
 
 
@@ -279,6 +301,17 @@ def _worker_of(rt: Any) -> Any:
 _worker_lock = threading.Lock()
 _worker: Any = None
 _dispatch_stop: threading.Event | None = None
+_pool: Any = None  # the worker's task pool (set when the worker is ready)
+
+
+def _threads_free() -> bool:
+    """Whether no Celery message of this process waits for a thread (then a visit may go on with its
+    account's lanes waiting for admission without making any other message wait). Only the
+    ``threads`` pool can tell (its executor's queue of messages not yet started); any other pool:
+    never."""
+    queue = getattr(getattr(_pool, "executor", None), "_work_queue", None)
+    qsize = getattr(queue, "qsize", None)
+    return qsize is not None and qsize() == 0
 
 
 def _lane_worker() -> Any:
@@ -308,7 +341,8 @@ def _size_pools(sender: Any = None, **_: Any) -> None:
 
 @worker_ready.connect
 def _start_dispatcher(sender: Any = None, **_: Any) -> None:
-    global _dispatch_stop
+    global _dispatch_stop, _pool
+    _pool = getattr(sender, "pool", None)
     from .dispatcher import Dispatcher, start_heartbeat, start_thread
     from .worker import LaneWorker
 

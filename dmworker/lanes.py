@@ -64,6 +64,8 @@ class Step:
     why: str | None = None
     #: the step of the next lane taken in the same call (``LaneStore.step(next_lane=...)``)
     next: Step | None = None
+    #: lanes claimed for the caller in the same call (``LaneStore.step(claim=...)``)
+    claimed: tuple[str, ...] = ()
 
 
 class LaneStore(AccountOps):
@@ -268,6 +270,7 @@ class LaneStore(AccountOps):
         token: str = "",
         next_lane: str | None = None,
         next_holder: str = "",
+        claim: int = 0,
         now_ms: int | None = None,
     ) -> Step:
         """Record ``outcome`` of ``prev_id`` and get the lane's next action (one round trip).
@@ -276,6 +279,11 @@ class LaneStore(AccountOps):
         when this lane has no job to hand out now, the same call takes ``next_lane`` for
         ``next_holder`` as an ``acquire=True`` step would, and its step is the result's ``next``
         (``None`` when this lane handed out a job and the next one was not touched).
+
+        With ``claim`` > 0: when this lane ends in this call, up to ``claim`` lanes of the account
+        that are due and wait for admission are claimed for the caller as a dispatcher would claim
+        them for a new Celery message (admitted, within the budget; a whole group or none unless a
+        high-priority lane is due): the result's ``claimed``, for the caller to visit.
         """
         k = self.acct(account)
         s = self.settings
@@ -311,17 +319,19 @@ class LaneStore(AccountOps):
             int(s.usage_decay_s * 1000),
             next_lane or "",
             next_holder,
+            int(claim),
+            s.dispatch_grace_ms,
         ]
         for klass in RATE_CLASSES:
             args += [klass, s.rate_for(account, klass).interval_us]
         args += [s.admit_budget(account), self.events_keep_ms]
         reply = self._step_call(account, keys, args, now_ms, emits=bool(prev_id))
-        if next_lane is None:
+        if next_lane is None and claim <= 0:
             return self._parse_step(reply)
-        first = self._parse_step(reply[0])
-        if len(reply) < 2:
-            return first
-        return replace(first, next=self._parse_step(reply[1]))
+        first, nxt, claimed = reply
+        return replace(
+            self._parse_step(first), next=self._parse_step(nxt) if nxt else None, claimed=tuple(claimed)
+        )
 
     def _step_call(
         self, account: str, keys: list[str], args: list[Any], now_ms: int | None, emits: bool

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from .clients import ClientPool
-from .lanes import LaneStore, Step
+from .lanes import LANES_PER_MESSAGE, LaneStore, Step
 from .schemas import load_job
 from .service import precheck, send
 from .settings import Settings, token_fingerprint
@@ -92,21 +92,54 @@ class LaneWorker:
         return self.run_lanes(account, [recipient], publish)[0]
 
     def run_lanes(
-        self, account: str, recipients: Sequence[str], publish: Callable[[str, str], Any] | None = None
+        self,
+        account: str,
+        recipients: Sequence[str],
+        publish: Callable[[str, str], Any] | None = None,
+        *,
+        go_on: Callable[[], bool] | None = None,
+        publish_group: Callable[[str, list[str]], Any] | None = None,
     ) -> list[LaneRun]:
         """Visit lanes of ``account`` one after the other (the lanes of one Celery message), each
-        as :meth:`run_lane` does; returns what each visit did, in order.
+        as :meth:`run_lane` does; returns what each visit did: one run per lane of ``recipients``,
+        in order, then one per lane this thread took on by itself (``go_on``).
 
         The step call that ends a lane (empty, waiting, handed back) also takes the next lane and
         its first job: a message of one-message lanes costs one ``step`` call per lane, not two.
+
+        With ``go_on`` (a Celery message's visit): when a lane ends, ``go_on()`` is true (no other
+        message waits for a thread of this process) and the account has lanes waiting for admission,
+        the same call claims a group of them, as a dispatcher would for a new message (within the
+        admission budget), and this thread visits them as well instead of a message carrying them
+        through the broker; only while the visit has made fewer than ``lane_batch`` sends and lasted
+        less than :data:`LANE_SLICE_S` (the slice one busy lane gets). Claimed lanes left when the
+        slice is over are published for other threads (``publish_group``).
         """
         lanes = list(dict.fromkeys(recipients))  # a lane named twice is visited once
+        own = len(lanes)
         holders = [uuid.uuid4().hex for _ in lanes]
         token = self.clients.token(account)
         runs: list[LaneRun] = []
         step: Step | None = None
-        for i, recipient in enumerate(lanes):
-            nxt = lanes[i + 1] if i + 1 < len(lanes) else None
+        visit_started = time.monotonic()
+        outcomes = 0
+        i = 0
+
+        def over() -> bool:
+            return time.monotonic() - visit_started > LANE_SLICE_S
+
+        def claim(pending: int) -> int:
+            """Lanes to claim in a call after which ``pending`` lanes are left to visit."""
+            if go_on is None or outcomes + pending + LANES_PER_MESSAGE > self.settings.lane_batch:
+                return 0
+            return LANES_PER_MESSAGE if not over() and go_on() else 0
+
+        while i < len(lanes):
+            if step is None and i >= own and over():  # the slice is over: the claimed rest to others
+                self._hand_over(account, lanes[i:], publish, publish_group)
+                break
+            recipient = lanes[i]
+            nxt = lanes[i + 1] if i + 1 < len(lanes) and (i + 1 < own or not over()) else None
             nxt_holder = holders[i + 1] if nxt is not None else ""
             if step is None:
                 step = self.store.step(
@@ -117,6 +150,7 @@ class LaneWorker:
                     token=token,
                     next_lane=nxt,
                     next_holder=nxt_holder,
+                    claim=claim(len(lanes) - i - 1),
                     now_ms=self.clock(),
                 )
             run = LaneRun()
@@ -124,21 +158,52 @@ class LaneWorker:
             while step.action == "job":
                 outcome = self.execute(account, recipient, step, token)
                 run.outcomes.append(outcome["o"])
+                outcomes += 1
                 if outcome["o"] == "sent":
                     run.sent += 1
                 give_back = (
                     len(run.outcomes) >= self.settings.lane_batch or time.monotonic() - started > LANE_SLICE_S
                 )
                 step = self._record(
-                    account, recipient, holders[i], step.job_id, outcome, give_back, token, nxt, nxt_holder
+                    account,
+                    recipient,
+                    holders[i],
+                    step.job_id,
+                    outcome,
+                    give_back,
+                    token,
+                    nxt,
+                    nxt_holder,
+                    claim(len(lanes) - i - 1),
                 )
             self._ended(account, recipient, run, step, publish)
             runs.append(run)
+            lanes += step.claimed
+            holders += [uuid.uuid4().hex for _ in step.claimed]
             step = step.next  # the next lane's first step, taken by the same call (None: not taken)
-        if len(dict.fromkeys(recipients)) != len(recipients):  # one run per lane named
-            by_lane = dict(zip(lanes, runs, strict=True))
-            return [by_lane[r] for r in recipients]
+            i += 1
+        if own != len(recipients):  # one run per lane named
+            by_lane = dict(zip(lanes[:own], runs[:own], strict=True))
+            return [by_lane[r] for r in recipients] + runs[own:]
         return runs
+
+    def _hand_over(
+        self,
+        account: str,
+        lanes: list[str],
+        publish: Callable[[str, str], Any] | None,
+        publish_group: Callable[[str, list[str]], Any] | None,
+    ) -> None:
+        """Publish claimed lanes this visit has no time left for (they stay admitted; a dispatcher
+        publishes them after its grace if this fails)."""
+        try:
+            if publish_group is not None:
+                publish_group(account, lanes)
+            elif publish is not None:
+                for lane in lanes:
+                    publish(account, lane)
+        except Exception:  # the broker is down: the lanes are published again after the grace
+            log.warning("could not publish %d claimed lane(s)", len(lanes), exc_info=True)
 
     def _ended(
         self,
@@ -187,6 +252,7 @@ class LaneWorker:
         token: str,
         next_lane: str | None = None,
         next_holder: str = "",
+        claim: int = 0,
     ) -> Step:
         """Record ``outcome`` and take the next step (and, when the lane ends, the first step of
         ``next_lane``), retrying a transient Redis error (bounded).
@@ -208,6 +274,7 @@ class LaneWorker:
                     token=token,
                     next_lane=next_lane,
                     next_holder=next_holder,
+                    claim=claim,
                     now_ms=self.clock(),
                 )
             except (redis.ConnectionError, redis.TimeoutError):

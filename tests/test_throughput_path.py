@@ -4,6 +4,7 @@ waits, retries of a lost reply and bad references behave as lane-by-lane visits 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -194,3 +195,153 @@ def test_the_task_reports_each_lane_in_the_order_of_its_refs_and_drops_a_bad_one
     assert out[0]["sent"] == 1 and out[2]["sent"] == 1
     assert _texts(sandbox, "7701") == ["to 7701"] and _texts(sandbox, "7702") == []
     assert _texts(sandbox, "7703") == ["to 7703"]
+
+
+# --- a visit goes on with the account's lanes waiting for admission ------------------------------
+
+
+@pytest.fixture
+def budget16(env, rdb):
+    """The account's admission budget is 16 lanes; 40 one-message lanes queued: 16 admitted (two
+    messages' worth, published), 24 waiting for the budget."""
+    s, _store, _ob, _w = env
+    s = s.with_overrides(max_in_flight=16)
+    assert s.admit_budget(ACCOUNT) == 16
+    store = LaneStore(s, rdb)
+    published: list[str] = []
+    ob = Outbox(settings=s, client=rdb, publish=lambda a, r: published.append(r))
+    lanes = [str(8000 + i) for i in range(40)]
+    ob.send_many([{"kind": "text", "recipient": r, "text": f"to {r}"} for r in lanes])
+    assert published == lanes[:16]
+    w2 = LaneWorker(s, store)
+    yield s, store, ob, w2, lanes
+    w2.clients.close()
+
+
+def _watch_budget(monkeypatch, store: LaneStore, budget: int) -> list[tuple[str, ...]]:
+    """Check after every step call that the account never has more than ``budget`` lanes in play;
+    returns the groups claimed."""
+    real = store.step
+    k = store.acct(ACCOUNT)
+    claimed: list[tuple[str, ...]] = []
+
+    def watched(*args: Any, **kw: Any) -> Any:
+        got = real(*args, **kw)
+        assert store.redis.zcard(k.admitted) + store.redis.zcard(k.held) <= budget
+        if got.claimed:
+            claimed.append(got.claimed)
+        return got
+
+    monkeypatch.setattr(store, "step", watched)
+    return claimed
+
+
+def test_a_visit_goes_on_with_the_lanes_waiting_for_admission_within_the_budget(
+    budget16, sandbox, monkeypatch, step_calls
+):
+    _s, store, _ob, w, lanes = budget16
+    claimed = _watch_budget(monkeypatch, store, 16)
+    # When a thread visits the first message's 8 lanes while no other message waits for a thread
+    runs = w.run_lanes(ACCOUNT, lanes[:8], go_on=lambda: True)
+    # Then it went on with the 24 lanes waiting for admission (in groups of 8, as they were due),
+    # not with the second message's lanes (admitted: that message will visit them)
+    assert claimed == [tuple(lanes[16:24]), tuple(lanes[24:32]), tuple(lanes[32:40])]
+    assert len(runs) == 32 and all(r.sent == 1 for r in runs)
+    assert [x["recipient"] for x in sandbox.sends()] == lanes[:8] + lanes[16:]
+    # one call per lane, plus an acquire per group
+    assert len(step_calls) == 32 + 4
+    # And the second message's lanes are still admitted, waiting for it
+    assert set(store.redis.zrange(store.acct(ACCOUNT).admitted, 0, -1)) == set(lanes[8:16])
+    w.run_lanes(ACCOUNT, lanes[8:16], go_on=lambda: True)
+    assert sorted(x["recipient"] for x in sandbox.sends()) == sorted(lanes)
+    assert store.redis.zcard(store.acct(ACCOUNT).admitted) == 0
+
+
+def test_a_visit_does_not_go_on_while_another_message_waits_for_a_thread(budget16, sandbox):
+    _s, _store, _ob, w, lanes = budget16
+    runs = w.run_lanes(ACCOUNT, lanes[:8], go_on=lambda: False)
+    assert len(runs) == 8
+    assert [x["recipient"] for x in sandbox.sends()] == lanes[:8]
+    # without go_on (a direct visit) neither
+    assert len(w.run_lanes(ACCOUNT, lanes[8:16])) == 8
+
+
+def test_a_visit_goes_on_no_further_than_a_lane_batch_of_sends(budget16, sandbox):
+    s, store, _ob, _w, lanes = budget16
+    w = LaneWorker(s.with_overrides(lane_batch=20), store)
+    try:
+        runs = w.run_lanes(ACCOUNT, lanes[:8], go_on=lambda: True)
+    finally:
+        w.clients.close()
+    # 8 + one group of 8 = 16 sends; another group would pass 20
+    assert len(runs) == 16 and len(sandbox.sends()) == 16
+
+
+def test_a_high_priority_lane_waiting_for_admission_is_claimed_first(budget16, sandbox):
+    _s, _store, ob, w, lanes = budget16
+    ob.send_text("8999", "urgent", priority="high")  # waits for the budget too
+    runs = w.run_lanes(ACCOUNT, lanes[:8], go_on=lambda: True)
+    order = [x["recipient"] for x in sandbox.sends()]
+    assert order[:9] == [*lanes[:8], "8999"]
+    assert len(runs) == 8 + 25
+
+
+def test_lanes_claimed_when_the_slice_is_over_are_published_for_other_threads(budget16, sandbox, monkeypatch):
+    _s, store, _ob, w, lanes = budget16
+    import dmworker.worker as worker_mod
+
+    real = store.step
+
+    def ends_the_slice(*args: Any, **kw: Any) -> Any:
+        got = real(*args, **kw)
+        if got.claimed:
+            monkeypatch.setattr(worker_mod, "LANE_SLICE_S", -1.0)  # the visit's time is up
+        return got
+
+    monkeypatch.setattr(store, "step", ends_the_slice)
+    groups: list[list[str]] = []
+    runs = w.run_lanes(
+        ACCOUNT, lanes[:8], go_on=lambda: True, publish_group=lambda a, g: groups.append(list(g))
+    )
+    # Then the lanes claimed at the end of the message were handed to other threads, unvisited
+    assert len(runs) == 8 and groups == [lanes[16:24]]
+    assert [x["recipient"] for x in sandbox.sends()] == lanes[:8]
+    assert set(lanes[16:24]) <= set(store.redis.zrange(store.acct(ACCOUNT).admitted, 0, -1))
+
+
+class _Pool:
+    """A threads pool as celery_app sees it: ``waiting`` messages not yet started."""
+
+    def __init__(self, waiting: int) -> None:
+        import queue
+
+        self.executor = type("E", (), {"_work_queue": queue.SimpleQueue()})()
+        for _ in range(waiting):
+            self.executor._work_queue.put(object())
+
+
+@pytest.mark.parametrize("waiting", [0, 1])
+def test_the_task_goes_on_only_while_no_message_waits_for_a_thread(budget16, rt, monkeypatch, waiting):
+    import dmworker.celery_app as ca
+
+    s, _store, _ob, _w, lanes = budget16
+    monkeypatch.setattr(ca, "_pool", _Pool(waiting))
+    rt = runtime.set_runtime(s)
+    refs = _refs(rt.settings, rt.redis)
+    out = process_lanes(ACCOUNT, [refs.seal(ACCOUNT, r) for r in lanes[:8]])
+    if waiting:
+        assert len(out) == 8
+    else:
+        assert len(out) == 9 and out[8] == {"continued_lanes": 24, "sent": 24}
+        assert not any(lane in json.dumps(out) for lane in lanes)
+
+
+def test_no_pool_or_another_pool_never_goes_on(monkeypatch):
+    import dmworker.celery_app as ca
+
+    monkeypatch.setattr(ca, "_pool", None)
+    assert ca._threads_free() is False
+    monkeypatch.setattr(ca, "_pool", object())
+    assert ca._threads_free() is False
+    monkeypatch.setattr(ca, "_pool", _Pool(0))
+    assert ca._threads_free() is True

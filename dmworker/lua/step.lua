@@ -5,6 +5,11 @@
 -- hand out now (it is empty, waits, was handed back, was lost or is busy), that next lane is taken
 -- and stepped in the same call exactly as a separate 'acquire' step would do it: a message of
 -- one-message lanes costs one call per lane, not two.
+-- When the caller asks for it (ARGV[18] > 0) and a lane ended in this call, the lanes the account
+-- has due and waiting for admission are claimed for the caller, as a dispatcher would claim them
+-- for a new message (the same rule: at most ARGV[18], a whole group or none unless a high lane is
+-- due, within the admission budget; marked admitted, so counted until they are taken): its
+-- worker thread goes on with them instead of a Celery message carrying them.
 -- KEYS[1..8] account block (see _lifecycle.lua)   KEYS[9] lane:<r>   KEYS[10] lease:<r>
 -- KEYS[11] hold   KEYS[12] rl   KEYS[13] pause   KEYS[14] win   KEYS[15] cmt   KEYS[16] usage
 -- KEYS[17] cmtt   KEYS[18] lane:<next>   KEYS[19] lease:<next> (18 and 19 only with a next lane)
@@ -13,15 +18,17 @@
 -- ARGV[11] yield after the outcome (0/1)   ARGV[12] fingerprint of this process's token ('' = none)
 -- ARGV[13] burst   ARGV[14] per-thread min interval us (0 = off)   ARGV[15] usage slowdown decay ms
 -- ARGV[16] next lane ('' = none)   ARGV[17] the next lane's holder token
--- ARGV[18..] class, interval us, class, interval us...
+-- ARGV[18] lanes to claim when a lane ends (0 = none)   ARGV[19] dispatch grace ms
+-- ARGV[20..] class, interval us, class, interval us...
 -- Returns, for one lane: {'job', id, job json, state before, attempts, window ms|'', comment state|'',
 --   now ms} | {'wait', until ms, why} | {'empty'} | {'busy'} | {'lost'} | {'yield'};
--- with a next lane: {this lane's reply} when it is a job, else {this lane's reply, the next one's}.
+-- with a next lane or lanes to claim: {this lane's reply, the next one's ({} when not taken), the
+--   lanes claimed}.
 local lease_ms = tonumber(ARGV[8])
 local TOKEN_FP, BURST, THREAD_US, USAGE_DECAY_MS = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
 local HOLD, RL, PAUSE, WIN, CMT, USAGE, CMTT = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
 local INTERVAL = {}
-for i = 18, #ARGV, 2 do INTERVAL[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 20, #ARGV, 2 do INTERVAL[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local PARK_MS = 315360000000      -- lanes of an account whose token was refused sleep until resumed
 local TIMEOUTS_MAX, TIMEOUTS_WINDOW_MS, TIMEOUTS_PAUSE_MS = 5, 60000, 30000
 local E2E_BUCKETS_S = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600}
@@ -300,7 +307,38 @@ local function step_lane(r, LANE, LEASE, token, mode, prev, outcome, give_back)
   return {'job', id, job, before, st.attempts, win, cmt, I(now_ms)}
 end
 
+-- the lanes a dispatcher would claim for a new message now (dispatch.lua's rule), for the caller
+local function claim(n, grace)
+  local room = n
+  if ADMIT_MAX > 0 then
+    room = math.min(n, ADMIT_MAX - in_use(grace))
+    if redis.call('ZCOUNT', K.readyh, '-inf', now_ms) == 0 then  -- a group, or none
+      local due = redis.call('ZCOUNT', K.ready, '-inf', now_ms) + redis.call('ZCOUNT', K.readyl, '-inf', now_ms)
+      if room < math.min(n, due, ADMIT_MAX) then return {} end
+    end
+  end
+  local out = {}
+  for _, rq in ipairs({K.readyh, K.ready, K.readyl}) do
+    local left = room - #out
+    if left <= 0 then break end
+    for _, lane in ipairs(redis.call('ZRANGEBYSCORE', rq, '-inf', now_ms, 'LIMIT', 0, left)) do
+      redis.call('ZADD', rq, now_ms + grace, lane)
+      if not redis.call('ZSCORE', K.adm, lane) then
+        redis.call('ZADD', K.adm, now_ms, lane)
+        out[#out + 1] = lane
+      end
+    end
+  end
+  return out
+end
+
 local got = step_lane(ARGV[5], KEYS[9], KEYS[10], ARGV[6], ARGV[7], ARGV[9], ARGV[10], ARGV[11] == '1')
-if ARGV[16] == '' then return got end
-if got[1] == 'job' then return {got} end
-return {got, step_lane(ARGV[16], KEYS[18], KEYS[19], ARGV[17], 'acquire', '', '', false)}
+local want = tonumber(ARGV[18])
+if ARGV[16] == '' and want == 0 then return got end
+local nxt = {}
+if ARGV[16] ~= '' and got[1] ~= 'job' then
+  nxt = step_lane(ARGV[16], KEYS[18], KEYS[19], ARGV[17], 'acquire', '', '', false)
+end
+local claimed = {}
+if want > 0 and got[1] ~= 'job' then claimed = claim(want, tonumber(ARGV[19])) end
+return {got, nxt, claimed}
