@@ -47,6 +47,10 @@ DUE_LEASE_MS = 10_000
 TRIM_ACCOUNTS = 200
 TRIM_BATCH = 1000
 TRIM_LEASE_MS = 60_000
+#: While an account's due lanes wait for its admission budget and passes admit none of them, each
+#: next look is put off further: 1, 2, then at most this many ``admit_poll_ms`` (lanes are admitted
+#: as workers take their messages, or by the workers themselves as their lanes end).
+IDLE_POLLS_MAX = 4
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Dispatcher:
         self._last_beat = 0.0
         self._last_reauth = 0.0
         self._backfilled = False
+        self._idle_polls: dict[str, int] = {}  # account -> passes in a row that admitted nothing
 
     def _backfill(self) -> None:
         """Once per deployment: schedule every known account (data written before ``P:due``)."""
@@ -117,6 +122,13 @@ class Dispatcher:
         for account, raw in zip(accounts, scripts.execute_pipeline(self.store.redis, build), strict=True):
             d = self.store.parse_dispatch(raw)
             nxt = d.next_ms
+            if d.waiting and not d.lanes:  # waiting for the budget, and nothing admitted: look later
+                streak = self._idle_polls.get(account, 0) + 1
+                self._idle_polls[account] = streak
+                later = now + self.store.settings.admit_poll_ms * min(2 ** (streak - 1), IDLE_POLLS_MAX)
+                nxt = later if d.next_followup_ms is None else min(later, d.next_followup_ms)
+            else:
+                self._idle_polls.pop(account, None)
             self._publish(account, d.lanes)
             res.published += len(d.lanes)
             if d.followups:

@@ -46,6 +46,9 @@ class DispatchResult:
     lanes: list[str]
     followups: list[str]
     next_ms: int | None
+    #: due lanes wait for the admission budget (``next_ms`` is then a poll, ``admit_poll_ms`` ahead)
+    waiting: bool = False
+    next_followup_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -394,9 +397,11 @@ class LaneStore(AccountOps):
         nxt = [int(x) for x in (reply[1], reply[2]) if int(x) >= 0]
         return DispatchResult(
             now_ms=int(reply[0]),
-            lanes=list(reply[4 : 4 + n]),
-            followups=list(reply[4 + n :]),
+            lanes=list(reply[5 : 5 + n]),
+            followups=list(reply[5 + n :]),
             next_ms=min(nxt) if nxt else None,
+            waiting=bool(int(reply[4])),
+            next_followup_ms=int(reply[2]) if int(reply[2]) >= 0 else None,
         )
 
     def due_followups(self, account: str, limit: int = 500, now_ms: int | None = None) -> list[str]:

@@ -345,3 +345,30 @@ def test_no_pool_or_another_pool_never_goes_on(monkeypatch):
     assert ca._threads_free() is False
     monkeypatch.setattr(ca, "_pool", _Pool(0))
     assert ca._threads_free() is True
+
+
+def test_a_dispatcher_looks_less_often_at_an_account_whose_lanes_keep_waiting_for_the_budget(
+    budget16, sandbox
+):
+    from dmworker.dispatcher import IDLE_POLLS_MAX, Dispatcher
+
+    s, store, _ob, w, lanes = budget16
+    published: list[str] = []
+    d = Dispatcher(store, lambda a, r: published.append(r))
+    poll = s.admit_poll_ms
+    due = store.keys.due
+
+    def next_look(now: int) -> int:
+        store.redis.zadd(due, {ACCOUNT: now})  # the account is due now: a pass visits it
+        d.tick(now_ms=now)
+        return int(store.redis.zscore(due, ACCOUNT)) - now
+
+    # When passes find the account's 24 lanes still waiting for its (full) budget, each looks later
+    sec, usec = store.redis.time()
+    t = int(sec) * 1000 + int(usec) // 1000 + 1
+    looks = [next_look(t + i) for i in range(5)]
+    assert published == []
+    assert looks == [poll, 2 * poll, *[IDLE_POLLS_MAX * poll] * 3]
+    # And once a pass admits lanes (a message's worth of the budget is free), it looks again soon
+    w.run_lanes(ACCOUNT, lanes[:8])
+    assert next_look(t + 6) <= poll and published == lanes[16:24]

@@ -6,8 +6,8 @@
 -- ARGV[1] now override   ARGV[2] grace ms (how long before a claimed lane may be claimed again)
 -- ARGV[3] max lanes   ARGV[4] max follow-ups   ARGV[5] admission budget (0 = no limit)
 -- ARGV[6] ms to look again when due lanes wait for the budget   ARGV[7] lanes per message
--- Returns {now_ms, next ready score or -1, next follow-up due or -1, lane count, lane...,
---          due follow-up id...}
+-- Returns {now_ms, next ready score or -1, next follow-up due or -1, lane count, 1 when due lanes
+--          wait for the budget (else 0), lane..., due follow-up id...}
 local grace, limit, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
 -- a lane whose message is still outstanding (a long queue) is not published again before two
 -- graces: re-publishing does not multiply messages under a backlog
@@ -45,7 +45,7 @@ end
 if waiting then nxt = now_ms + tonumber(ARGV[6]) end  -- due lanes wait for messages to be taken
 local fu = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[4]))
 local nextfu = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-local out = {now_ms, nxt, nextfu[2] and tonumber(nextfu[2]) or -1, #due}
+local out = {now_ms, nxt, nextfu[2] and tonumber(nextfu[2]) or -1, #due, waiting and 1 or 0}
 for _, r in ipairs(due) do out[#out + 1] = r end
 for _, id in ipairs(fu) do out[#out + 1] = id end
 return out
