@@ -52,6 +52,24 @@ def _post(client: Any, path: str, page: str, **data: Any) -> Any:
     return client.post(path, data={"csrf": _csrf(html), **data})
 
 
+def send_next(store: LaneStore, worker: LaneWorker, account: str, lane: str) -> dict[str, Any]:
+    """Take the lane's next job (moving the injected clock past a limiter or hold wait), send it
+    through the sandbox for real, record the outcome; returns the outcome."""
+    now = store._redis_now_ms()
+    for _ in range(50):
+        step = store.step(account, lane, "w", acquire=True, token=TOKEN, now_ms=now)
+        if step.action == "job":
+            break
+        assert step.action == "wait", step
+        now = max(now + 1, step.until_ms or now + 100)
+    assert step.action == "job", step
+    outcome = worker.execute(account, lane, step)
+    store.step(
+        account, lane, "w", acquire=False, prev_id=step.job_id, outcome=outcome, token=TOKEN, now_ms=now
+    )
+    return outcome
+
+
 def _dead_letters(dsettings, rdb, sandbox, n: int, account: str = ACCOUNT) -> list[str]:
     """``n`` jobs of ``account`` sent for real and refused by the sandbox (no window): dead letters."""
     sandbox.set_enforce_windows(True)
@@ -63,9 +81,7 @@ def _dead_letters(dsettings, rdb, sandbox, n: int, account: str = ACCOUNT) -> li
         for i in range(n):
             lane = f"55500{i:02d}"
             job = ob.send_text(lane, f"refused {i}", account=account)
-            step = store.step(account, lane, "w", acquire=True, token=TOKEN)
-            outcome = worker.execute(account, lane, step)
-            store.step(account, lane, "w", acquire=False, prev_id=step.job_id, outcome=outcome, token=TOKEN)
+            send_next(store, worker, account, lane)
             assert ob.status(job.id).dead_lettered
             ids.append(job.id)
     finally:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import ACCOUNT, ACCOUNT2, SCREENSHOT_DIR_VAR
-from test_dashboard import ADMIN, ENTRIES, VIEW_A, _dead_letters
+from test_dashboard import ADMIN, ENTRIES, VIEW_A, _dead_letters, send_next
 from werkzeug.serving import make_server
 
 from dmworker.accounts import Accounts
@@ -105,8 +105,6 @@ def _shot(driver: Any, shots: Path, name: str) -> None:
 
 
 def _deliver(settings: Any, rdb: Any, lane: str, n: int) -> None:
-    from conftest import TOKEN
-
     from dmworker.lanes import LaneStore
     from dmworker.worker import LaneWorker
 
@@ -114,24 +112,36 @@ def _deliver(settings: Any, rdb: Any, lane: str, n: int) -> None:
     worker = LaneWorker(settings, store)
     try:
         for _ in range(n):
-            step = store.step(ACCOUNT, lane, "w", acquire=True, token=TOKEN)
-            outcome = worker.execute(ACCOUNT, lane, step)
+            outcome = send_next(store, worker, ACCOUNT, lane)
             assert outcome["o"] == "sent", outcome
-            store.step(ACCOUNT, lane, "w", acquire=False, prev_id=step.job_id, outcome=outcome, token=TOKEN)
     finally:
         worker.clients.close()
+
+
+def _replaced(driver: Any, old: Any) -> None:
+    """Wait until the page of element ``old`` has been replaced by a loaded new one (an element of
+    the old page may answer "stale" or "does not belong to the document", depending on timing)."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def gone(_: Any) -> bool:
+        try:
+            old.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    WebDriverWait(driver, 20).until(gone)
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def _go(driver: Any, by: str, what: str) -> None:
     """Click the element and wait until the next page has replaced this one."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(by, what).click()
-    WebDriverWait(driver, 20).until(ec.staleness_of(old))
-    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    _replaced(driver, old)
 
 
 def _sign_in(driver: Any, base: str, token: str) -> None:
@@ -248,9 +258,6 @@ def test_a_viewer_sees_but_has_no_controls_and_a_forged_action_is_refused(
     assert "read-only" in browser.find_element(By.ID, "read-only").text
     _shot(browser, shots, "viewer-account")
     # a hand-made form posted from the viewer's own session is refused by role
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
     old = browser.find_element(By.TAG_NAME, "html")
     browser.execute_script(
         """const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];
@@ -259,7 +266,7 @@ def test_a_viewer_sees_but_has_no_controls_and_a_forged_action_is_refused(
         document.body.appendChild(f); f.submit();""",
         f"/ui/jobs/{job.id}/cancel",
     )
-    WebDriverWait(browser, 20).until(ec.staleness_of(old))
+    _replaced(browser, old)
     assert "can look but not act" in browser.find_element(By.ID, "message").text
     assert ob.status(job.id).state == "scheduled"
     # another tenant's account is out of sight
