@@ -107,13 +107,14 @@ class LaneWorker:
         The step call that ends a lane (empty, waiting, handed back) also takes the next lane and
         its first job: a message of one-message lanes costs one ``step`` call per lane, not two.
 
-        With ``go_on`` (a Celery message's visit): when a lane ends, ``go_on()`` is true (no other
-        message waits for a thread of this process) and the account has lanes waiting for admission,
-        the same call claims a group of them, as a dispatcher would for a new message (within the
-        admission budget), and this thread visits them as well instead of a message carrying them
-        through the broker; only while the visit has made fewer than ``lane_batch`` sends and lasted
-        less than :data:`LANE_SLICE_S` (the slice one busy lane gets). Claimed lanes left when the
-        slice is over are published for other threads (``publish_group``).
+        With ``go_on`` (a Celery message's visit): when the visit's last lane ends, ``go_on()`` is true
+        (no other message waits for a thread of this process) and the account has lanes waiting for
+        admission, the same call claims a group of them, as a dispatcher would for a new message
+        (within the admission budget), and this thread visits them too, instead of a message carrying
+        them through the broker to a thread that would be free for them at that moment anyway; only
+        while the visit has made fewer than ``lane_batch`` sends and lasted less than
+        :data:`LANE_SLICE_S` (the slice one busy lane gets). Claimed lanes left when the slice is
+        over are published for other threads (``publish_group``).
         """
         lanes = list(dict.fromkeys(recipients))  # a lane named twice is visited once
         own = len(lanes)
@@ -129,8 +130,10 @@ class LaneWorker:
             return time.monotonic() - visit_started > LANE_SLICE_S
 
         def claim(pending: int) -> int:
-            """Lanes to claim in a call after which ``pending`` lanes are left to visit."""
-            if go_on is None or outcomes + pending + LANES_PER_MESSAGE > self.settings.lane_batch:
+            """Lanes to claim in a call after which ``pending`` lanes are left to visit: only when
+            none is (claimed lanes are visited one after the other: claiming them earlier would take
+            them from a message another thread could work on at the same time)."""
+            if go_on is None or pending or outcomes + LANES_PER_MESSAGE > self.settings.lane_batch:
                 return 0
             return LANES_PER_MESSAGE if not over() and go_on() else 0
 

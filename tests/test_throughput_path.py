@@ -372,3 +372,33 @@ def test_a_dispatcher_looks_less_often_at_an_account_whose_lanes_keep_waiting_fo
     # And once a pass admits lanes (a message's worth of the budget is free), it looks again soon
     w.run_lanes(ACCOUNT, lanes[:8])
     assert next_look(t + 6) <= poll and published == lanes[16:24]
+
+
+def test_a_visit_claims_lanes_only_once_its_own_are_done(budget16, sandbox, monkeypatch):
+    # Given a thread visiting the first message's 8 lanes, and, while it is at its third lane,
+    # another thread visiting the second message (8 slots of the budget come free)
+    _s, store, _ob, w, lanes = budget16
+    other = LaneWorker(w.settings, LaneStore(w.settings, store.redis))
+    real = store.step
+    seen: list[tuple[int, tuple[str, ...]]] = []
+    ran: list[bool] = []
+
+    def watched(*args: Any, **kw: Any) -> Any:
+        got = real(*args, **kw)
+        done = sum(1 for x in sandbox.sends() if x["recipient"] in lanes[:8])
+        if done == 3 and not ran:
+            ran.append(True)
+            other.run_lanes(ACCOUNT, lanes[8:16])
+        if got.claimed:
+            seen.append((done, got.claimed))
+        return got
+
+    monkeypatch.setattr(store, "step", watched)
+    try:
+        runs = w.run_lanes(ACCOUNT, lanes[:8], go_on=lambda: True)
+    finally:
+        other.clients.close()
+    # Then it claimed a group only when its eighth lane ended (claimed earlier, a group would wait
+    # behind its own lanes instead of going to a thread free for it at the same time)
+    assert seen and seen[0] == (8, tuple(lanes[16:24]))
+    assert len(runs) == 8 + 24
