@@ -112,9 +112,9 @@ class LaneWorker:
         admission, the same call claims a group of them, as a dispatcher would for a new message
         (within the admission budget), and this thread visits them too, instead of a message carrying
         them through the broker to a thread that would be free for them at that moment anyway; only
-        while the visit has made fewer than ``lane_batch`` sends and lasted less than
-        :data:`LANE_SLICE_S` (the slice one busy lane gets). Claimed lanes left when the slice is
-        over are published for other threads (``publish_group``).
+        while the visit has made fewer than ``lane_batch`` sends, visited fewer than ``lane_batch``
+        lanes and lasted less than :data:`LANE_SLICE_S` (the slice one busy lane gets). Claimed
+        lanes left when the slice is over are published for other threads (``publish_group``).
         """
         lanes = list(dict.fromkeys(recipients))  # a lane named twice is visited once
         own = len(lanes)
@@ -133,7 +133,8 @@ class LaneWorker:
             """Lanes to claim in a call after which ``pending`` lanes are left to visit: only when
             none is (claimed lanes are visited one after the other: claiming them earlier would take
             them from a message another thread could work on at the same time)."""
-            if go_on is None or pending or outcomes + LANES_PER_MESSAGE > self.settings.lane_batch:
+            cap = self.settings.lane_batch  # sends, and lanes: waiting lanes are claimed too
+            if go_on is None or pending or max(outcomes, len(lanes)) + LANES_PER_MESSAGE > max(cap, own):
                 return 0
             return LANES_PER_MESSAGE if not over() and go_on() else 0
 

@@ -402,3 +402,15 @@ def test_a_visit_claims_lanes_only_once_its_own_are_done(budget16, sandbox, monk
     # behind its own lanes instead of going to a thread free for it at the same time)
     assert seen and seen[0] == (8, tuple(lanes[16:24]))
     assert len(runs) == 8 + 24
+
+
+def test_a_visit_claims_what_the_budget_has_room_for_not_only_a_whole_group(budget16, sandbox, monkeypatch):
+    # Given a message of 5 of the 16 admitted lanes: once they are done, the 11 others still
+    # admitted leave room for 5 more lanes in the budget
+    _s, store, _ob, w, lanes = budget16
+    claimed = _watch_budget(monkeypatch, store, 16)
+    # When a thread visits it
+    w.run_lanes(ACCOUNT, lanes[:5], go_on=lambda: True)
+    # Then it went on with the 5 lanes the budget had room for (a dispatcher waits for a group of 8:
+    # a message costs the same for 1 lane as for 8; a thread going on pays no message)
+    assert claimed[0] == tuple(lanes[16:21])

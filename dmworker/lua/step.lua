@@ -5,11 +5,11 @@
 -- hand out now (it is empty, waits, was handed back, was lost or is busy), that next lane is taken
 -- and stepped in the same call exactly as a separate 'acquire' step would do it: a message of
 -- one-message lanes costs one call per lane, not two.
--- When the caller asks for it (ARGV[18] > 0) and a lane ended in this call, the lanes the account
--- has due and waiting for admission are claimed for the caller, as a dispatcher would claim them
--- for a new message (the same rule: at most ARGV[18], a whole group or none unless a high lane is
--- due, within the admission budget; marked admitted, so counted until they are taken): its
--- worker thread goes on with them instead of a Celery message carrying them.
+-- When the caller asks for it (ARGV[18] > 0) and a lane ended in this call, lanes the account has
+-- due and waiting for admission are claimed for the caller as a dispatcher would claim them for a
+-- new message (high priority first, at most ARGV[18], within the admission budget; marked admitted,
+-- so counted until they are taken; not only a whole group: the caller's thread is there already, no
+-- message is to be paid for): its worker thread goes on with them instead of a Celery message.
 -- KEYS[1..8] account block (see _lifecycle.lua)   KEYS[9] lane:<r>   KEYS[10] lease:<r>
 -- KEYS[11] hold   KEYS[12] rl   KEYS[13] pause   KEYS[14] win   KEYS[15] cmt   KEYS[16] usage
 -- KEYS[17] cmtt   KEYS[18] lane:<next>   KEYS[19] lease:<next> (18 and 19 only with a next lane)
@@ -307,15 +307,11 @@ local function step_lane(r, LANE, LEASE, token, mode, prev, outcome, give_back)
   return {'job', id, job, before, st.attempts, win, cmt, I(now_ms)}
 end
 
--- the lanes a dispatcher would claim for a new message now (dispatch.lua's rule), for the caller
+-- up to n lanes a dispatcher would admit now (dispatch.lua's order and budget), for the caller
 local function claim(n, grace)
   local room = n
   if ADMIT_MAX > 0 then
     room = math.min(n, ADMIT_MAX - in_use(grace))
-    if redis.call('ZCOUNT', K.readyh, '-inf', now_ms) == 0 then  -- a group, or none
-      local due = redis.call('ZCOUNT', K.ready, '-inf', now_ms) + redis.call('ZCOUNT', K.readyl, '-inf', now_ms)
-      if room < math.min(n, due, ADMIT_MAX) then return {} end
-    end
   end
   local out = {}
   for _, rq in ipairs({K.readyh, K.ready, K.readyl}) do
