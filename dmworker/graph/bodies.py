@@ -12,6 +12,7 @@ first argument is the comment id.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -150,6 +151,12 @@ BUILDERS: Mapping[str, Callable[..., Body]] = {
 }
 
 
+@functools.lru_cache(maxsize=64)
+def _signature(builder: Any) -> inspect.Signature:
+    """A builder's signature, computed once (``inspect.signature`` costs more than building a body)."""
+    return inspect.signature(builder)
+
+
 def build_body(method_name: str, recipient: str, **kwargs: Any) -> Body:
     """The body of client method ``method_name`` (``recipient`` is the comment id for a private reply).
 
@@ -161,7 +168,7 @@ def build_body(method_name: str, recipient: str, **kwargs: Any) -> Body:
     except KeyError:
         raise ValueError(f"unknown messaging method {method_name!r}; one of {', '.join(BUILDERS)}") from None
     try:
-        inspect.signature(builder).bind(recipient, **kwargs)
+        _signature(builder).bind(recipient, **kwargs)
     except TypeError as exc:  # unknown, duplicate or missing arguments
         raise ValueError(f"{method_name}: {exc}") from None
     return builder(recipient, **kwargs)
