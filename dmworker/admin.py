@@ -96,16 +96,9 @@ class DeadLetters:
         """Forget every dead letter (of ``account``); returns how many."""
         n = 0
         for acct in [account] if account else self.accounts():
-            k = self.store.acct(acct)
-            ids = self.store.redis.zrange(k.dlq, 0, -1)
+            ids = self.store.redis.zrange(self.store.acct(acct).dlq, 0, -1)
             if ids:
-                jobindex.unindex(self.store.redis, k, ids)
-                pipe = self.store.redis.pipeline()
-                pipe.zrem(k.dlq, *ids)
-                pipe.hdel(k.jobs, *ids)
-                pipe.hdel(k.status, *ids)
-                pipe.execute()
-                n += len(ids)
+                n += self.purge_ids(acct, ids)
         return n
 
     def replay_ids(self, account: str, ids: Sequence[str]) -> int:

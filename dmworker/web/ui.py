@@ -402,32 +402,31 @@ def _dead_query() -> tuple[str, dash.DeadQuery, str]:
 def dlq() -> ResponseReturnValue:
     store = ctx().store
     account, q, since_raw = _dead_query()
-    try:
-        accounts = dash.search_accounts(store, account, _scope_accounts())
-    except dash.SearchError as e:  # too many accounts to list them all: ask for one
-        return _page(
-            "dlq.html",
-            account=account,
-            q=q,
-            since=since_raw,
-            result=None,
-            hint=str(e),
-            kinds=[],
-            accounts=_account_choices(),
-            done=flask.request.args.get("done"),
-        )
-    result = dash.search_dead(store, accounts, q, after=flask.request.args.get("after") or None, limit=PAGE)
+    accounts, hint = _searched_accounts(account)
+    result = (
+        dash.search_dead(store, accounts, q, after=flask.request.args.get("after") or None, limit=PAGE)
+        if hint is None
+        else None
+    )
     return _page(
         "dlq.html",
         account=account,
         q=q,
         since=since_raw,
         result=result,
-        hint=None,
+        hint=hint,
         kinds=dash.error_kinds(store, accounts),
         accounts=_account_choices(),
         done=flask.request.args.get("done"),
     )
+
+
+def _searched_accounts(account: str) -> tuple[list[str], str | None]:
+    """The accounts a list covers, or none and a hint asking for one (too many to list them all)."""
+    try:
+        return dash.search_accounts(ctx().store, account, _scope_accounts()), None
+    except dash.SearchError as e:
+        return [], str(e)
 
 
 @bp.get("/dlq/bulk")
@@ -492,25 +491,16 @@ def dlq_bulk() -> ResponseReturnValue:
 # ----------------------------------------------------------------------------------- follow-ups
 @bp.get("/followups")
 def followups() -> ResponseReturnValue:
-    store = ctx().store
     args = flask.request.args
     account = _account_arg()
     recipient, key = (args.get("recipient") or "").strip(), (args.get("key") or "").strip()
-    try:
-        accounts = dash.search_accounts(store, account, _scope_accounts())
-    except dash.SearchError as e:  # too many accounts to list them all: ask for one
-        return _page(
-            "followups.html",
-            account=account,
-            recipient=recipient,
-            key=key,
-            result=None,
-            hint=str(e),
-            accounts=_account_choices(),
-            done=args.get("done"),
+    accounts, hint = _searched_accounts(account)
+    result = (
+        dash.search_followups(
+            ctx().store, accounts, recipient=recipient, key=key, after=args.get("after") or None, limit=PAGE
         )
-    result = dash.search_followups(
-        store, accounts, recipient=recipient, key=key, after=args.get("after") or None, limit=PAGE
+        if hint is None
+        else None
     )
     return _page(
         "followups.html",
@@ -518,7 +508,7 @@ def followups() -> ResponseReturnValue:
         recipient=recipient,
         key=key,
         result=result,
-        hint=None,
+        hint=hint,
         accounts=_account_choices(),
         done=args.get("done"),
     )
