@@ -129,7 +129,8 @@ class DeadLetters:
                     pipe=pipe,
                 )
 
-        replies = scripts.execute_pipeline(store.redis, build)
+        # dead letters of one lane go back in the order given even if the script cache is emptied
+        replies = scripts.execute_pipeline(store.redis, build, load=("replay",) if len(todo) > 1 else ())
         replayed = 0
         publish = []
         for (_job_id, lane), reply in zip(todo, replies, strict=True):

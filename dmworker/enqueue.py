@@ -254,7 +254,9 @@ class Enqueuer(BatchOps):
                     pipe=pipe,
                 )
 
-        replies = scripts.execute_pipeline(self.redis, build)
+        # units of one lane run in the order given even if the script cache is emptied meanwhile
+        load = ("enqueue",) if len(prepared) > 1 else ()
+        replies = scripts.execute_pipeline(self.redis, build, load=load)
         self._known_accounts |= new_accounts
         replies = replies[1 + (2 if new_accounts else 0) + (1 if replacing else 0) :]
         out: list[Job] = []

@@ -10,7 +10,7 @@ change a job's state also start with ``_lifecycle.lua`` (a job's life, written o
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -109,19 +109,47 @@ def load_all(client: redis.Redis) -> None:
     pipe.execute()
 
 
-def execute_pipeline(client: redis.Redis, build: Callable[[Any], None]) -> list[Any]:
+def execute_pipeline(
+    client: redis.Redis, build: Callable[[Any], None], load: Sequence[str] = ()
+) -> list[Any]:
     """Build a non-transactional pipeline with ``build(pipe)`` and run it in one round trip.
 
-    On NOSCRIPT (Redis restarted, scripts flushed) nothing of the scripts ran: load them and run the
-    pipeline once more (every dmworker script call is safe to repeat after a NOSCRIPT).
+    ``load``: scripts the pipeline calls more than once where the calls' order matters (units of one
+    lane): they are loaded by the pipeline's first commands (on every primary of a Redis Cluster).
+    Each call of a pipeline runs on its own: with the script cache empty (Redis restarted, scripts
+    flushed) and another client loading the scripts while this pipeline runs, the calls before that
+    load would be refused with NOSCRIPT and the later ones would run, so the retry below would run
+    the first ones after them.  With ``load``, none is refused.
+
+    On NOSCRIPT (Redis restarted, scripts flushed) nothing of the scripts ran, unless another client
+    loaded them midway (see ``load``): load them and run the pipeline once more (every dmworker
+    script call is safe to repeat after a NOSCRIPT).
     """
     for attempt in (0, 1):
         pipe = client.pipeline(transaction=False)
+        skip = _queue_loads(client, pipe, load)
         build(pipe)
         try:
-            return list(pipe.execute())
+            return list(pipe.execute())[skip:]
         except NoScriptError:
             if attempt:
                 raise
             load_all(client)
     raise AssertionError("unreachable")
+
+
+def _queue_loads(client: redis.Redis, pipe: Any, names: Sequence[str]) -> int:
+    """Queue ``SCRIPT LOAD`` of ``names`` first on ``pipe`` (once per primary of a Redis Cluster:
+    a cluster pipeline sends each node its commands in the order they were queued); how many."""
+    if not names:
+        return 0
+    primaries = client.get_primaries() if hasattr(client, "get_primaries") else [None]
+    n = 0
+    for node in primaries:
+        for name in names:
+            if node is None:
+                pipe.script_load(source(name))
+            else:
+                pipe.execute_command("SCRIPT LOAD", source(name), target_nodes=node)
+            n += 1
+    return n
