@@ -203,9 +203,10 @@ class Outbox(Enqueuer):
 
     def timeline(self, job_id: str) -> list[list[Any]]:
         """The job's history: ``[ms, what, detail(, count)]`` entries, oldest first — accepted,
-        scheduled, promoted, each attempt, its outcome (retry with the error code, throttled,
-        token_refused), waits (rate, hold, paused:<reason>, probe; a repeat counts up), the end
-        state, seen, echo, reaction.  Bounded: the first entry and the latest ones.
+        scheduled, promoted, each attempt, its outcome (retry with the Graph error code, else the
+        error's kind, or ``timeout``; throttled, token_refused), waits (rate, hold,
+        paused:<reason>, probe; a repeat counts up), the end state, seen, echo, reaction.  Bounded:
+        the first entry and the latest ones.
 
         Raises:
             JobNotFoundError: unknown id, or its retention has passed.

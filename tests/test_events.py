@@ -112,6 +112,7 @@ def test_the_timeline_and_finding_a_job_by_message_id(env, sandbox):
     assert store.observe(ACCOUNT, st.message_id, "echo") == job.id
     what = [entry[1] for entry in ob.timeline(job.id)]
     assert what == ["accepted", "attempt", "retry", "waiting", "attempt", "sent", "echo"]
+    assert ob.timeline(job.id)[2][2] == "1"  # the retry names Meta's error code (1: unknown error)
     assert ob.timeline(job.id)[3][2] == "hold"  # it waited out the backoff
     assert ob.find(message_id=st.message_id).id == job.id
 

@@ -116,6 +116,7 @@ def test_a_read_timeout_after_the_send_is_outcome_unknown_and_retried(settings, 
     assert run.outcomes == ["retry"]
     st = ob.status(j.id)
     assert st.state == "waiting" and st.last_error and st.last_error.kind == "outcome_unknown"
+    assert [e[2] for e in st.timeline if e[1] == "retry"] == ["timeout"]  # the timeline says why
     # counted as a timeout of the account (several in a row pause it: tests/test_fairness.py)
     assert w.store.redis.hget(w.store.acct(ACCOUNT).limiter, "timeouts") == "1"
     sandbox.set_slow(0)

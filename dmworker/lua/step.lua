@@ -33,6 +33,16 @@ local PARK_MS = 315360000000      -- lanes of an account whose token was refused
 local TIMEOUTS_MAX, TIMEOUTS_WINDOW_MS, TIMEOUTS_PAUSE_MS = 5, 60000, 30000
 local E2E_BUCKETS_S = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600}
 
+-- what a retry's timeline entry names: the Graph error code, else the error's kind ('' if none;
+-- a JSON null decodes to cjson.null, which is not nil)
+local function err_tag(err)
+  if type(err) ~= 'table' then return '' end
+  for _, v in ipairs({err.code, err.kind}) do
+    if v ~= nil and v ~= cjson.null then return tostring(v) end
+  end
+  return ''
+end
+
 local P_FIELDS = {'until', 'reason', 'probe', 'probe_until', 'token_fp', 'fails'}
 local function read_pause()
   local v = redis.call('HMGET', PAUSE, unpack(P_FIELDS))
@@ -129,7 +139,7 @@ local function step_lane(r, LANE, LEASE, token, mode, prev, outcome, give_back)
           end
         end
         st.state = 'waiting'; st.next_attempt_ms = now_ms + o.delay_ms
-        note(st, 'retry', o.err and (o.err.code or o.err.kind) and tostring(o.err.code or o.err.kind) or '')
+        note(st, 'retry', o.timeout and 'timeout' or err_tag(o.err))
         redis.call('HSET', HOLD, r, I(st.next_attempt_ms))
         redis.call('HINCRBY', K.stats, 'retried', 1)
         if was_probe then end_pause() end
