@@ -476,15 +476,19 @@ def test_token_never_in_logs_or_exceptions(
 
 
 # ----------------------------------------------------------------------------- client plumbing
-def test_own_session_is_pooled_and_closed(server: SandboxServer) -> None:
+def test_own_pool_is_reused_and_closed(ctl: Any, server: SandboxServer) -> None:
+    ctl.open_window(ACCOUNT, USER)
     c = InstagramClient(TOKEN, base_url=server.url, pool_size=7)
-    adapter = c._session.get_adapter("http://x")
-    assert isinstance(adapter, requests.adapters.HTTPAdapter)
-    assert adapter._pool_maxsize == 7  # type: ignore[attr-defined]
-    assert adapter.max_retries.total == 0
+    assert c._pool is not None
+    assert c._pool.connection_pool_kw["maxsize"] == 7
+    assert c._pool.connection_pool_kw["retries"].total is False  # no retries: the lane decides
     with c:
-        pass
-    assert not adapter.poolmanager.pools  # closed
+        for n in range(3):
+            assert c.messaging.send_text(USER, f"pooled {n}").message_id
+        assert len(c._pool.pools) == 1  # one host, one pool, one kept-alive connection
+        pool = c._pool.connection_from_url(server.url)
+        assert pool.num_connections == 1 and pool.num_requests == 3
+    assert len(c._pool.pools) == 0  # closed
 
 
 def test_passed_session_gets_the_header_and_stays_open(ctl: Any, server: SandboxServer) -> None:

@@ -1,10 +1,16 @@
 """``InstagramClient``: one synchronous, pooled HTTP client of the Instagram Graph API.
 
-The token travels only in an ``Authorization: Bearer`` header, added to each request by a
-``requests`` auth object: never in a URL (so urllib3's DEBUG lines, which print URLs, cannot show
-it), never in a log line, never in an exception (:func:`~dmworker.graph.errors.map_error` redacts).
-Redirects are not followed. Every failure (non-2xx, timeout, connection error, 2xx without the
-expected JSON) raises a :class:`~dmworker.graph.errors.GraphError` subclass.
+The token travels only in an ``Authorization: Bearer`` header: never in a URL (so urllib3's DEBUG
+lines, which print URLs, cannot show it), never in a log line, never in an exception
+(:func:`~dmworker.graph.errors.map_error` redacts). Redirects are not followed. Every failure
+(non-2xx, timeout, connection error, 2xx without the expected JSON) raises a
+:class:`~dmworker.graph.errors.GraphError` subclass.
+
+HTTP goes through urllib3 (the library under ``requests``) directly: one pool per client, the
+proxy and CA bundle read from the environment once, as ``requests`` reads them. A ``requests``
+session's per-call machinery (merging settings, preparing, hooks, cookies) cost a worker about
+260 µs of CPU per send, more than half of the HTTP call (docs/benchmarks.md). A caller that passes
+its own ``requests.Session`` (its adapters, proxies, certificates) is served through it instead.
 
     with InstagramClient(token) as client:
         result = client.messaging.send_text("1784...", "Hello")
@@ -14,7 +20,6 @@ expected JSON) raises a :class:`~dmworker.graph.errors.GraphError` subclass.
 
 from __future__ import annotations
 
-import http.cookiejar
 import json
 import logging
 import os
@@ -25,8 +30,10 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import certifi
 import requests
-from requests.adapters import HTTPAdapter
+import urllib3
+from urllib3 import exceptions as u3ex
 from urllib3.exceptions import MaxRetryError
 
 from ..settings import Settings, token_fingerprint
@@ -71,7 +78,8 @@ class InstagramClient:
         base_url: scheme, host and version, e.g. ``https://graph.instagram.com/v25.0``.
         account_id: the IG user / Page id in paths, or ``"me"``.
         session: a ``requests.Session`` to use (not closed by :meth:`close`); default: an own
-            pooled session (``pool_size`` connections per host, no urllib3 retries, no cookies).
+            urllib3 pool (``pool_size`` connections per host, no retries, no redirects, no
+            cookies; ``HTTPS_PROXY``/``NO_PROXY`` and ``REQUESTS_CA_BUNDLE`` as ``requests`` reads them).
         connect_timeout_s / read_timeout_s: seconds, applied to every call.
         pool_size: the most connections kept open per host.
 
@@ -103,8 +111,10 @@ class InstagramClient:
         self.base_url = base_url.rstrip("/")
         self.account_id = account_id
         self.timeout: tuple[float, float] = (connect_timeout_s, read_timeout_s)
-        self._owns_session = session is None
-        self._session = session if session is not None else _pooled_session(pool_size, self.base_url)
+        self._session = session
+        self._pool = _pool_manager(pool_size, self.base_url) if session is None else None
+        self._u3_timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
+        self._headers = {"Accept": "application/json", "Authorization": f"Bearer {access_token}"}
         self.messaging = Messaging(self)
         self.conversations = Conversations(self)
 
@@ -155,9 +165,9 @@ class InstagramClient:
         )
 
     def close(self) -> None:
-        """Close the pooled session (a session passed in is left open for its owner)."""
-        if self._owns_session:
-            self._session.close()
+        """Close the own connection pool (a session passed in is left open for its owner)."""
+        if self._pool is not None:
+            self._pool.clear()
 
     def __enter__(self) -> InstagramClient:
         return self
@@ -199,12 +209,59 @@ class InstagramClient:
         if not self.same_origin(url):
             raise ValueError("refusing to send the token to a URL outside base_url's host")
         url = _without_token(url)
-        headers = {"Accept": "application/json"}
         data = None
         if body is not None:
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        started = time.monotonic()
+        if self._pool is None:
+            status, headers, raw = self._via_session(method, url, params, data)
+        else:
+            status, headers, raw = self._via_pool(method, url, params, data)
+        log.debug("%s %s -> %d (%.0f ms)", method, urlsplit(url).path, status, _ms(started))
+        if 200 <= status < 300:
+            try:
+                payload = json.loads(raw)
+            except (ValueError, RecursionError):
+                payload = None
+            if isinstance(payload, dict) and "error" not in payload:
+                return GraphReply(payload, parse_usage(headers), status, headers)
+        raise map_error(status=status, headers=headers, body=raw, secrets=(self._token,))
+
+    def _via_pool(
+        self, method: str, url: str, params: Mapping[str, str] | None, data: bytes | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One exchange on the own urllib3 pool: (status, headers, body), or a mapped GraphError."""
+        assert self._pool is not None
+        if params:
+            url += ("&" if urlsplit(url).query else "?") + urlencode(params)
+        headers = self._headers if data is None else {**self._headers, "Content-Type": "application/json"}
+        started = time.monotonic()
+        error: GraphError | None = None
+        try:
+            resp = self._pool.request(
+                method,
+                url,
+                body=data,
+                headers=headers,
+                timeout=self._u3_timeout,
+                retries=False,
+                redirect=False,
+            )
+        except (u3ex.HTTPError, OSError) as exc:
+            error = map_error(exc=exc, sent=_maybe_sent_u3(exc), secrets=(self._token,))
+        if error is not None:  # raised outside the except block: no chained urllib3 objects
+            log.debug("%s %s failed after %.0f ms: %r", method, urlsplit(url).path, _ms(started), error)
+            raise error
+        return resp.status, resp.headers, resp.data
+
+    def _via_session(
+        self, method: str, url: str, params: Mapping[str, str] | None, data: bytes | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One exchange through the caller's ``requests.Session``: (status, headers, body)."""
+        assert self._session is not None
+        headers = {"Accept": "application/json"}
+        if data is not None:
             headers["Content-Type"] = "application/json"
-        path = urlsplit(url).path
         started = time.monotonic()
         error: GraphError | None = None
         try:
@@ -220,40 +277,39 @@ class InstagramClient:
             )
         except OSError as exc:  # requests' exceptions are OSErrors
             error = map_error(exc=exc, sent=_maybe_sent(exc), secrets=(self._token,))
-        if error is not None:  # raised outside the except block: no chained requests objects
-            log.debug("%s %s failed after %.0f ms: %r", method, path, _ms(started), error)
+        if error is not None:
+            log.debug("%s %s failed after %.0f ms: %r", method, urlsplit(url).path, _ms(started), error)
             raise error
         with resp:
-            log.debug("%s %s -> %d (%.0f ms)", method, path, resp.status_code, _ms(started))
-            reply = self._reply(resp)
-        return reply
-
-    def _reply(self, resp: requests.Response) -> GraphReply:
-        status, raw = resp.status_code, resp.content
-        if 200 <= status < 300:
-            try:
-                payload = json.loads(raw)
-            except (ValueError, RecursionError):
-                payload = None
-            if isinstance(payload, dict) and "error" not in payload:
-                return GraphReply(payload, parse_usage(resp.headers), status, resp.headers)
-        raise map_error(status=status, headers=resp.headers, body=raw, secrets=(self._token,))
+            return resp.status_code, resp.headers, resp.content
 
 
-def _pooled_session(pool_size: int, base_url: str) -> requests.Session:
-    session = requests.Session()
-    # Proxies (HTTP(S)_PROXY, NO_PROXY) are read from the environment once, for the one host this client
-    # calls, instead of on every request: that per-request lookup was 10 % of a worker's CPU per send.
-    session.proxies = requests.utils.get_environ_proxies(base_url)
-    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if ca_bundle:
-        session.verify = ca_bundle
-    session.trust_env = False
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    return session
+def _pool_manager(pool_size: int, base_url: str) -> urllib3.PoolManager:
+    """The client's own pool: the proxy (``HTTP(S)_PROXY``, ``NO_PROXY``) and the CA bundle
+    (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, else certifi's) read once, as ``requests`` does;
+    no retries, no redirects, no cookies."""
+    proxies = requests.utils.get_environ_proxies(base_url)
+    proxy = proxies.get(urlsplit(base_url).scheme) or proxies.get("all")
+    ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+    kw: dict[str, Any] = {
+        "num_pools": 4,
+        "maxsize": pool_size,
+        "retries": False,
+        "cert_reqs": "CERT_REQUIRED",
+    }
+    kw["ca_cert_dir" if os.path.isdir(ca) else "ca_certs"] = ca
+    if proxy:
+        return urllib3.ProxyManager(proxy, **kw)
+    return urllib3.PoolManager(**kw)
+
+
+def _maybe_sent_u3(exc: BaseException) -> bool:
+    """Could the request have reached the server before urllib3's ``exc``? Not when connecting,
+    the TLS handshake or the proxy failed, nor for a bad URL; yes when the answer timed out or the
+    connection broke after the request may have been written."""
+    if isinstance(exc, (u3ex.ConnectTimeoutError, u3ex.SSLError, u3ex.ProxyError, u3ex.LocationValueError)):
+        return False
+    return isinstance(exc, (u3ex.ReadTimeoutError, u3ex.ProtocolError, u3ex.DecodeError, OSError))
 
 
 def _maybe_sent(exc: BaseException) -> bool:

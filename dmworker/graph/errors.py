@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from requests import exceptions as rex
+from urllib3 import exceptions as u3ex
 
 from .usage import Usage, parse_usage, wait_hint_s
 
@@ -51,7 +52,7 @@ TOKEN_CODE = 190
 WINDOW_SUBCODES = frozenset({2534022, 2018278})
 NO_USER_SUBCODES = frozenset({2018001})
 PRIVATE_REPLY_USED = frozenset({2534025, 2534039, 2534040})
-_BAD_URL = (rex.InvalidURL, rex.MissingSchema, rex.InvalidSchema, rex.InvalidHeader)
+_BAD_URL = (rex.InvalidURL, rex.MissingSchema, rex.InvalidSchema, rex.InvalidHeader, u3ex.LocationValueError)
 _DICT_FIELDS = ("kind", "code", "subcode", "message", "fbtrace_id", "http_status")
 _QUERY_TOKEN_RE = re.compile(r"(access_token=)[^&\s\"'<>]+", re.IGNORECASE)
 _BEARER_RE = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
@@ -207,7 +208,7 @@ def map_error(
         status: the HTTP status, when a response arrived.
         headers: its headers (``Retry-After`` in seconds or an HTTP date; usage headers).
         body: its raw body (a Graph error envelope, or anything else).
-        exc: the exception raised instead of a response (``requests`` or ``OSError``).
+        exc: the exception raised instead of a response (``requests``, ``urllib3`` or ``OSError``).
         sent: True when the request may have reached Meta before ``exc`` (a connection dropped
             while waiting for the answer). A read timeout always counts as sent.
         secrets: strings (the access token) to remove from every message.
@@ -282,9 +283,9 @@ def _from_status(
 
 def _from_exception(exc: BaseException, sent: bool, secrets: tuple[str, ...]) -> GraphError:
     message = redact(f"{type(exc).__name__}: {exc}", secrets)
-    if isinstance(exc, rex.ConnectTimeout):
+    if isinstance(exc, (rex.ConnectTimeout, u3ex.ConnectTimeoutError)):  # urllib3's: refused too
         return TemporaryError(message)
-    if isinstance(exc, rex.ReadTimeout) or sent:
+    if isinstance(exc, (rex.ReadTimeout, u3ex.ReadTimeoutError)) or sent:
         return OutcomeUnknownError(message)
     if isinstance(exc, _BAD_URL):
         return InvalidRequestError(message)
