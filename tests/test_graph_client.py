@@ -628,3 +628,46 @@ def test_from_settings(ctl: Any, server: SandboxServer) -> None:
         assert c.messaging.send_text(USER, "hi").recipient_id == USER
     with pytest.raises(ConfigError):
         InstagramClient.from_settings(settings, "not-configured")
+
+
+class _Proxy(BaseHTTPRequestHandler):
+    """A forward proxy that answers every request itself, recording its target and headers."""
+
+    seen: list[tuple[str, str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        _Proxy.seen.append((self.path, self.headers.get("Authorization") or ""))
+        body = json.dumps({"recipient_id": USER, "message_id": "m_via_proxy"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_own_pool_uses_the_proxy_of_the_environment_and_no_proxy(
+    monkeypatch: pytest.MonkeyPatch, ctl: Any, server: SandboxServer
+) -> None:
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        # a host only the proxy can reach: the request goes to the proxy with its absolute URL
+        with InstagramClient(TOKEN, base_url="http://graph.invalid/v25.0") as c:
+            assert c.messaging.send_text(USER, "hi").message_id == "m_via_proxy"
+        assert _Proxy.seen == [("http://graph.invalid/v25.0/me/messages", f"Bearer {TOKEN}")]
+        # NO_PROXY names the sandbox's host: it is called directly
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        ctl.open_window(ACCOUNT, USER)
+        with InstagramClient(TOKEN, base_url=server.url) as c:
+            assert c.messaging.send_text(USER, "direct").message_id != "m_via_proxy"
+        assert len(_Proxy.seen) == 1
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
