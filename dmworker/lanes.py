@@ -329,9 +329,11 @@ class LaneStore(AccountOps):
             args += [klass, s.rate_for(account, klass).interval_us]
         args += [s.admit_budget(account), self.events_keep_ms]
         reply = self._step_call(account, keys, args, now_ms, emits=bool(prev_id))
-        if next_lane is None and claim <= 0:
+        if isinstance(reply[0], str):  # one lane, and no event left unmarked
             return self._parse_step(reply)
-        first, nxt, claimed = reply
+        first, nxt, claimed, emitted = reply
+        if int(emitted) and not prev_id and self.events_keep_ms:  # e.g. a job expired at a lane's head
+            self.redis.zadd(self.keys.events_active, {account: int(time.time() * 1000)})
         return replace(
             self._parse_step(first), next=self._parse_step(nxt) if nxt else None, claimed=tuple(claimed)
         )

@@ -218,3 +218,19 @@ def test_a_throttle_pause_and_its_successful_probe_are_account_events(env):
         ("account.resumed", "throttled"),
     ]
     assert events[0].data["until_ms"] == t + 1 + 1000
+
+
+def test_a_job_that_expires_when_its_lane_is_taken_marks_the_account_for_consumers(env, rdb):
+    s, store, ob, _w = env
+    job = ob.send_text("4501", "too late", ttl=60)
+    # a consumer has read everything: the account is no longer marked as having new events
+    rdb.zrem(store.keys.events_active, ACCOUNT)
+    # When a worker takes the lane two minutes later (no outcome to record: an acquire step)
+    later = int(ob.status(job.id).created_ms) + 120_000
+    w = LaneWorker(s, store, clock=lambda: later)
+    run = w.run_lane(ACCOUNT, "4501")
+    w.clients.close()
+    # Then the job expired, its event is written and the account is marked for consumers
+    assert run.ended == "empty" and ob.status(job.id).state == "expired"
+    assert "job.expired" in _types(read(store, ACCOUNT))
+    assert rdb.zscore(store.keys.events_active, ACCOUNT) is not None

@@ -34,8 +34,10 @@ local function I(x) return string.format('%d', x) end
 
 -- an event, written in the same call as the change it reports (XADD to the account's stream, trimmed
 -- by age on the server's clock: MINID)
+local EMITTED = 0  -- 1 once this call wrote an event (step.lua tells its caller, who marks the account)
 local function emit(event)
   if EVENTS_KEEP_MS <= 0 then return end
+  EMITTED = 1
   local t = redis.call('TIME')
   local server_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   event.account = ACCOUNT; event.created_ms = now_ms

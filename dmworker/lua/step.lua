@@ -23,7 +23,8 @@
 -- Returns, for one lane: {'job', id, job json, state before, attempts, window ms|'', comment state|'',
 --   now ms} | {'wait', until ms, why} | {'empty'} | {'busy'} | {'lost'} | {'yield'};
 -- with a next lane or lanes to claim: {this lane's reply, the next one's ({} when not taken), the
---   lanes claimed}.
+--   lanes claimed, 1 if an event was written else 0} (an event without an outcome to record: a
+--   job that expired at the head of a lane the call took, which the caller then marks).
 local lease_ms = tonumber(ARGV[8])
 local TOKEN_FP, BURST, THREAD_US, USAGE_DECAY_MS = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
 local HOLD, RL, PAUSE, WIN, CMT, USAGE, CMTT = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
@@ -340,11 +341,11 @@ end
 
 local got = step_lane(ARGV[5], KEYS[9], KEYS[10], ARGV[6], ARGV[7], ARGV[9], ARGV[10], ARGV[11] == '1')
 local want = tonumber(ARGV[18])
-if ARGV[16] == '' and want == 0 then return got end
+if ARGV[16] == '' and want == 0 and (EMITTED == 0 or ARGV[9] ~= '') then return got end
 local nxt = {}
 if ARGV[16] ~= '' and got[1] ~= 'job' then
   nxt = step_lane(ARGV[16], KEYS[18], KEYS[19], ARGV[17], 'acquire', '', '', false)
 end
 local claimed = {}
 if want > 0 and got[1] ~= 'job' then claimed = claim(want, tonumber(ARGV[19])) end
-return {got, nxt, claimed}
+return {got, nxt, claimed, EMITTED}
