@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -295,10 +295,12 @@ class Accounts:
         now_ms = int(sec) * 1000 + int(usec) // 1000
         return account_info(self.settings, account_id, rec, static, pause, now_ms)
 
-    def list(self) -> list[AccountInfo]:
-        """Every static and registered account, sorted by id."""
+    def list(self, only: Collection[str] | None = None) -> list[AccountInfo]:
+        """Every static and registered account (of ``only``, when given), sorted by id."""
         _, records = self.registry.snapshot()
         ids = sorted(set(records) | set(self.static))
+        if only is not None:
+            ids = [a for a in ids if a in only]
         pipe = self.redis.pipeline(transaction=False)
         pipe.time()
         for a in ids:

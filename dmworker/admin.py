@@ -195,15 +195,20 @@ class AccountState:
         return dict(self.__dict__)
 
 
-def account_states(store: LaneStore) -> list[AccountState]:
-    """Limits, current usage, pause (until when and why) and backlog of every known account."""
+def known_accounts(store: LaneStore) -> list[str]:
+    """Every account with data (``P:accounts``) or configured in this process, sorted by id."""
+    return sorted(set(store.redis.smembers(store.keys.accounts)) | set(store.settings.accounts))
+
+
+def account_states(store: LaneStore, names: Sequence[str] | None = None) -> list[AccountState]:
+    """Limits, current usage, pause (until when and why) and backlog of ``names`` (default: every
+    known account, :func:`known_accounts`), in that order; one Redis round trip per 500 accounts."""
     s = store.settings
     r = store.redis
-    known = set(r.smembers(store.keys.accounts)) | set(s.accounts)
     sec, usec = r.time()
     now = int(sec) * 1000 + int(usec) // 1000
     out = []
-    names = sorted(known)
+    names = known_accounts(store) if names is None else list(names)
     replies: list[Any] = []
     for i in range(0, len(names), 500):  # one round trip per 500 accounts
         pipe = r.pipeline(transaction=False)

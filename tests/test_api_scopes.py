@@ -222,3 +222,29 @@ def test_api_token_entries_are_checked_at_start_without_showing_the_token():
         with pytest.raises(ConfigError, match="DMWORKER_API_TOKENS: entry 1") as e:
             Settings.from_env({"DMWORKER_API_TOKENS": bad})
         assert "s3cr3t-x" not in str(e.value)
+
+
+def test_the_account_list_comes_in_pages_by_account_id(api, ssettings, rdb):
+    # Given 7 known accounts: the two configured ones and five with data
+    others = [f"17841400000100{i:03d}" for i in range(5)]
+    rdb.sadd(LaneStore(ssettings, rdb).keys.accounts, *others)
+    every = sorted([ACCOUNT, ACCOUNT2, *others])
+    # When an admin reads them 3 at a time, each page starting after the previous page's next
+    seen, after, pages = [], None, 0
+    while True:
+        query = "?limit=3" + (f"&after={after}" if after else "")
+        body = api.call("GET", f"/v1/accounts{query}", ADMIN).json
+        seen += [a["account"] for a in body["accounts"]]
+        pages += 1
+        after = body["next"]
+        if after is None:
+            break
+        assert after == seen[-1]
+    # Then every account came once, in order, in 3 pages; without a limit, one page of them all
+    assert seen == every and pages == 3
+    assert [a["account"] for a in api.call("GET", "/v1/accounts", ADMIN).json["accounts"]] == every
+    # And a page is of the caller's accounts only; a bad limit or after is refused
+    own = api.call("GET", "/v1/accounts?limit=1", PROD_A).json
+    assert [a["account"] for a in own["accounts"]] == [ACCOUNT] and own["next"] is None
+    for query in ("limit=0", "limit=1001", "limit=x", "after=", "after=a%2Fb"):
+        assert api.call("GET", f"/v1/accounts?{query}", ADMIN).status_code == 422, query

@@ -266,9 +266,9 @@ def get_window(igsid: str) -> ResponseReturnValue:
 
 @bp.get("/accounts")
 def get_accounts() -> ResponseReturnValue:
-    from .api_accounts import account_list
+    from .api_accounts import account_page
 
-    return flask.jsonify({"accounts": account_list()})
+    return flask.jsonify(account_page())
 
 
 from . import api_accounts  # noqa: E402  (registers /v1/accounts/<id> and /v1/api-tokens on bp)

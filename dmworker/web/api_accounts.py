@@ -2,8 +2,9 @@
 ``/v1`` blueprint of :mod:`.api`).
 
 ==========================================  ========================================  ============
-``GET /v1/accounts``                        state, limits, pause, backlog, token        any (own
-                                            fingerprint/expiry, refresh of each          accounts)
+``GET /v1/accounts?limit=&after=``          state, limits, pause, backlog, token        any (own
+                                            fingerprint/expiry, refresh of each; pages   accounts)
+                                            of 500 by account id (``next``: the after)
 ``GET /v1/accounts/<id>``                   one account                                 any (own)
 ``PUT /v1/accounts/<id>``                   add or replace (JSON body, below)           admin
 ``DELETE /v1/accounts/<id>?jobs=keep|fail|cancel``  remove; what becomes of its jobs    admin
@@ -76,16 +77,41 @@ def _not_configured(e: ConfigError) -> ResponseReturnValue:
     return error(503, "not_configured", str(e))
 
 
-def account_list() -> list[dict[str, Any]]:
-    """``GET /v1/accounts``: the operator view of each account in scope, with its registry state."""
+#: Accounts per page of ``GET /v1/accounts``: the default and the most a ``limit`` may ask for.
+ACCOUNTS_PAGE, ACCOUNTS_PAGE_MAX = 500, 1000
+
+
+def account_page() -> dict[str, Any]:
+    """``GET /v1/accounts?limit=&after=``: the operator view of the accounts in scope, with their
+    registry state, by account id: at most ``limit`` (default 500) after the account id ``after``;
+    ``next`` is the ``after`` of the next page (``null`` on the last).  Only the page's accounts are
+    read from Redis.
+
+    Raises:
+        ValidationError: ``limit`` is not 1 to 1000, or ``after`` is not an account id.
+    """
+    from ..admin import known_accounts
+
+    args = flask.request.args
+    raw_limit, after = args.get("limit", str(ACCOUNTS_PAGE)), args.get("after")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= ACCOUNTS_PAGE_MAX:
+        raise ValidationError({"limit": [f"must be an integer from 1 to {ACCOUNTS_PAGE_MAX}"]})
+    if after is not None and not ACCOUNT_ID_RE.fullmatch(after):
+        raise ValidationError({"after": ["must be an account id (letters, digits, _ and -)"]})
+    scope = current_scope()
+    names = [a for a in known_accounts(ctx().store) if a > (after or "") and scope.covers(a)]
+    page = names[: int(raw_limit)]
+    more = len(names) > len(page)
+    return {"accounts": account_rows(page), "next": page[-1] if more else None}
+
+
+def account_rows(names: list[str]) -> list[dict[str, Any]]:
+    """The rows of ``GET /v1/accounts`` for ``names``."""
     from ..admin import account_states
 
-    scope = current_scope()
-    infos = {i.account: i for i in _accounts().list()}
+    infos = {i.account: i for i in _accounts().list(only=set(names))}
     out = []
-    for state in account_states(ctx().store):
-        if not scope.covers(state.account):
-            continue
+    for state in account_states(ctx().store, names):
         row = state.to_dict()
         info = infos.get(state.account)
         if info is not None:

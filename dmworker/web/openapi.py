@@ -22,11 +22,13 @@ from flask.typing import ResponseReturnValue
 
 from .. import __version__
 from ..due import MAX_SPAN_S
+from ..registry import ACCOUNT_ID_RE
 from ..schemas import KINDS, MAX_STEPS, REACTIONS, SCHEMAS
 from ..schemas.base import _NO_SPACE as NO_SPACE_RE
 from ..schemas.kinds import MAX_EMOJI_CHARS
 from ..schemas.send import COMMENT_ID_RE, IGSID_RE
 from .api import MAX_DLQ_LIMIT, MAX_HEADER_KEY_CHARS, MAX_KEY_CHARS
+from .api_accounts import ACCOUNTS_PAGE, ACCOUNTS_PAGE_MAX
 from .health import HEARTBEAT_MAX_AGE_MS, READY_TIMEOUT_S
 
 bp = flask.Blueprint("openapi", __name__)
@@ -626,11 +628,42 @@ def _paths(spec: APISpec) -> None:
             )
         },
     )
-    accounts = _obj({"accounts": {"type": "array", "items": _ref("AccountState")}}, ["accounts"])
+    accounts = _obj(
+        {
+            "accounts": {"type": "array", "items": _ref("AccountState")},
+            "next": {
+                "type": "string",
+                "nullable": True,
+                "description": "The `after` of the next page; null on the last page.",
+            },
+        },
+        ["accounts", "next"],
+    )
+    page = [
+        _param(
+            "limit",
+            "query",
+            f"At most this many accounts (1 to {ACCOUNTS_PAGE_MAX}, default {ACCOUNTS_PAGE}).",
+            type="integer",
+            minimum=1,
+            maximum=ACCOUNTS_PAGE_MAX,
+        ),
+        _param(
+            "after",
+            "query",
+            "Only accounts whose id sorts after this one (the previous page's `next`).",
+            pattern=ACCOUNT_ID_RE.pattern,
+        ),
+    ]
     spec.path(
         "/v1/accounts",
         operations={
-            "get": _op("Limits, usage, pause and backlog of every known account", (200, accounts, "Accounts"))
+            "get": _op(
+                "Limits, usage, pause and backlog of the known accounts, by account id, a page at a time",
+                (200, accounts, "Accounts"),
+                422,
+                parameters=page,
+            )
         },
     )
     health = _obj({"redis": {"type": "string"}, "workers": {"type": "integer"}}, ["redis", "workers"])
