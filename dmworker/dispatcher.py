@@ -113,13 +113,14 @@ class Dispatcher:
             res.next_due_ms = int(first[0][1]) if first else None
             return res
 
-        def build(pipe: Any) -> None:
-            for account in accounts:
-                self.store.dispatch(account, now_ms=now_ms, pipe=pipe)
+        def build(pipe: Any, account: str) -> None:
+            self.store.dispatch(account, now_ms=now_ms, pipe=pipe)
 
         plan: list[Any] = []
         grace = self.store.settings.dispatch_grace_ms
-        for account, raw in zip(accounts, scripts.execute_pipeline(self.store.redis, build), strict=True):
+        # one call per account, independent: on NOSCRIPT only the refused accounts run again
+        replies = scripts.execute_each(self.store.redis, accounts, build)
+        for account, raw in zip(accounts, replies, strict=True):
             d = self.store.parse_dispatch(raw)
             nxt = d.next_ms
             if d.waiting and not d.lanes:  # waiting for the budget, and nothing admitted: look later

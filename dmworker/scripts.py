@@ -138,6 +138,47 @@ def execute_pipeline(
     raise AssertionError("unreachable")
 
 
+def execute_each(
+    client: redis.Redis, items: Sequence[Any], build_one: Callable[[Any, Any], None]
+) -> list[Any]:
+    """One reply per item of ``items``: ``build_one(pipe, item)`` queues exactly one script call for
+    it, and all run in one non-transactional round trip.  The calls must be independent of each
+    other (one per account, say): their order does not matter.
+
+    On NOSCRIPT (an empty script cache: Redis restarted, scripts flushed) the replies of the calls
+    that ran are kept and only the refused calls run again, after loading the scripts.  The calls
+    that ran must not run twice: with another client loading the scripts midway through the round
+    trip, the calls after that load ran, and running them again would lose what they answered (a
+    ``dispatch`` call admits its lanes and answers them once: a second call answers none, and their
+    Celery messages would wait two dispatch graces).  Any other error is raised (the first).
+
+    Raises ``redis.exceptions.NoScriptError`` if calls are refused again after the load, and
+    ``redis.RedisError`` for any other failure.
+    """
+    replies: list[Any] = [None] * len(items)
+    todo = list(range(len(items)))
+    for attempt in (0, 1):
+        pipe = client.pipeline(transaction=False)
+        for i in todo:
+            build_one(pipe, items[i])
+        got = pipe.execute(raise_on_error=False)
+        refused: list[int] = []
+        for i, reply in zip(todo, got, strict=True):
+            if isinstance(reply, NoScriptError):
+                refused.append(i)
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                replies[i] = reply
+        if not refused:
+            return replies
+        if attempt:
+            raise NoScriptError(f"{len(refused)} script calls refused after loading the scripts")
+        load_all(client)
+        todo = refused
+    raise AssertionError("unreachable")
+
+
 def _queue_loads(client: redis.Redis, pipe: Any, names: Sequence[str]) -> int:
     """Queue ``SCRIPT LOAD`` of ``names`` first on ``pipe`` (once per primary of a Redis Cluster:
     a cluster pipeline sends each node its commands in the order they were queued); how many."""

@@ -22,10 +22,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from conftest import ACCOUNT
+from conftest import ACCOUNT, ACCOUNT2
 from ha_servers import PlainRedis, redis_server_binary
 
 from dmworker import scripts
+from dmworker.dispatcher import Dispatcher
 from dmworker.keys import Keys
 from dmworker.outbox import Outbox
 from dmworker.settings import Settings
@@ -119,5 +120,40 @@ def test_a_batch_keeps_each_recipients_order_when_the_scripts_are_loaded_midway(
         k = Keys(prefix).account(ACCOUNT)
         broken = [r for r in RECIPIENTS if direct.lrange(k.lane(r), 0, -1) != ids[r]]
         assert broken == [], f"{len(broken)} of {len(RECIPIENTS)} lanes out of order, e.g. {broken[:3]}"
+    finally:
+        relay.close()
+
+
+def test_a_dispatcher_pass_publishes_every_accounts_lanes_when_the_scripts_are_loaded_midway(
+    own_redis: PlainRedis, settings: Settings
+) -> None:
+    # Before the fix the pass ran every account's ``dispatch`` again after a NOSCRIPT: the accounts
+    # whose call had run (after the other client's load) had admitted their lanes already, so their
+    # second call answered none and their Celery messages waited two dispatch graces (60 s).
+    direct = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    relay = Relay(own_redis.node.port, lambda: direct.script_load(scripts.source("dispatch")))
+    try:
+        prefix = f"dmwt{uuid.uuid4().hex[:10]}"
+        s = settings.with_overrides(redis_url=relay.url, key_prefix=prefix)
+        client = redis.Redis.from_url(relay.url, decode_responses=True)
+        ob = Outbox(settings=s, client=client, publish=lambda a, r: None)
+        # Given two accounts with a queued lane each whose Celery message was lost (two graces ago)
+        jobs = ob.send_many(
+            [{"kind": "text", "account": a, "recipient": "4711", "text": "hi"} for a in (ACCOUNT, ACCOUNT2)]
+        )
+        published: list[tuple[str, str]] = []
+        d = Dispatcher(ob.store, lambda a, lane: published.append((a, lane)), name="t")
+        sec, usec = direct.time()
+        later = int(sec) * 1000 + int(usec) // 1000 + 2 * s.dispatch_grace_ms + 1000  # presumed lost
+        # and an empty script cache, with a worker that loads the dispatch script while the pass's
+        # pipeline runs, after its first account's call
+        direct.script_flush()
+        relay.armed.set()
+        # When one dispatcher pass runs
+        d.tick(now_ms=later)
+        assert relay.fired == 1
+        # Then both accounts' lanes are published by that pass
+        assert sorted(a for a, _lane in published) == sorted([ACCOUNT, ACCOUNT2]), published
+        assert len(jobs) == 2
     finally:
         relay.close()
