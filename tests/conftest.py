@@ -18,12 +18,16 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 
+from dmworker.lanes import LaneStore
+from dmworker.outbox import Outbox
 from dmworker.settings import AccountConfig, Settings
+from dmworker.worker import LaneWorker
 
 ACCOUNT = "17841400000000001"
 TOKEN = "IGAAtest-token-secret-value-0001"
@@ -31,6 +35,18 @@ TOKEN = "IGAAtest-token-secret-value-0001"
 SCREENSHOT_DIR_VAR = "DMWORKER_TEST_SCREENSHOT_DIR"
 ACCOUNT2 = "17841400000000002"
 TOKEN2 = "IGAAtest-token-secret-value-0002"
+
+#: The timings of the tests' settings: short Graph timeouts (s), leases, graces, backoffs and
+#: dispatcher ticks (ms), so that a retry or a lost message is seen in seconds, not minutes.
+TEST_TIMINGS: dict[str, Any] = {
+    "http_connect_timeout_s": 1.0,
+    "http_read_timeout_s": 2.0,
+    "lease_ms": 4_000,
+    "dispatch_grace_ms": 2_000,
+    "backoff_base_ms": 50,
+    "backoff_cap_ms": 500,
+    "scheduler_tick_ms": 20,
+}
 
 TEST_REDIS_ENV = "DMWORKER_TEST_REDIS_URL"
 #: keys these tests write: ``<prefix>:...`` with a random test prefix (key_prefix fixture: dmwt +
@@ -150,14 +166,33 @@ def settings(redis_url: str, key_prefix: str, sandbox: object) -> Settings:
         graph_url=sandbox.url + "/v25.0",  # type: ignore[attr-defined]
         accounts={ACCOUNT: AccountConfig(ACCOUNT, TOKEN), ACCOUNT2: AccountConfig(ACCOUNT2, TOKEN2)},
         default_account=ACCOUNT,
-        http_connect_timeout_s=1.0,
-        http_read_timeout_s=2.0,
-        lease_ms=4_000,
-        dispatch_grace_ms=2_000,
-        backoff_base_ms=50,
-        backoff_cap_ms=500,
-        scheduler_tick_ms=20,
+        **TEST_TIMINGS,
     )
+
+
+@pytest.fixture
+def lsettings(settings: Settings) -> Settings:
+    """The settings of the lane-level tests (``store``, ``outbox``, ``worker``): the messaging
+    window is trusted; a module overrides this fixture for other settings."""
+    return settings.with_overrides(window_policy="trust")
+
+
+@pytest.fixture
+def store(lsettings: Settings, rdb: redis.Redis) -> LaneStore:
+    return LaneStore(lsettings, rdb)
+
+
+@pytest.fixture
+def outbox(lsettings: Settings, rdb: redis.Redis) -> Outbox:
+    """A producer whose Celery messages go nowhere (tests run lanes with ``worker``)."""
+    return Outbox(settings=lsettings, client=rdb, publish=lambda a, r: None)
+
+
+@pytest.fixture
+def worker(lsettings: Settings, store: LaneStore) -> Iterator[LaneWorker]:
+    w = LaneWorker(lsettings, store)
+    yield w
+    w.clients.close()
 
 
 def pytest_configure(config: pytest.Config) -> None:

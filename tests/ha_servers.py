@@ -320,6 +320,18 @@ def spread_accounts(per_node: int, bounds: tuple[int, ...] = (0, 5461, 10923, 16
     return [a for p in picked for a in p]
 
 
+def sandbox_accounts(sandbox: Any, accounts: Iterable[str]) -> dict[str, Any]:
+    """An ``AccountConfig`` per account, each with a token of its own that the sandbox knows."""
+    from dmworker.settings import AccountConfig
+
+    out = {}
+    for a in accounts:
+        token = f"IGAAha-{a}"
+        sandbox.add_token(token, a)
+        out[a] = AccountConfig(a, token)
+    return out
+
+
 def in_flight(client: redis.Redis, prefix: str, accounts: Iterable[str]) -> int:
     """Jobs in state ``sending`` now, over ``accounts`` (the sends a kill may leave in doubt)."""
     from dmworker.keys import AccountKeys

@@ -9,7 +9,15 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from ha_servers import Cluster, PlainRedis, redis_server_binary, spread_accounts, worker_scenario
+from conftest import TEST_TIMINGS
+from ha_servers import (
+    Cluster,
+    PlainRedis,
+    redis_server_binary,
+    sandbox_accounts,
+    spread_accounts,
+    worker_scenario,
+)
 
 from dmworker import redisconn, scripts
 from dmworker.accounts import Accounts
@@ -18,7 +26,7 @@ from dmworker.errors import ValidationError
 from dmworker.keys import AccountKeys
 from dmworker.outbox import Outbox
 from dmworker.registry import AccountError
-from dmworker.settings import AccountConfig, ConfigError, Rate, Settings
+from dmworker.settings import ConfigError, Rate, Settings
 from dmworker.testing import ProcessGroup, wait_until
 
 pytestmark = [
@@ -44,11 +52,7 @@ def broker() -> Iterator[PlainRedis]:
 @pytest.fixture
 def csettings(cluster: Cluster, broker: PlainRedis, sandbox: object) -> Iterator[Settings]:
     """Settings on the cluster (broker: the plain Redis), with a token per account in the sandbox."""
-    accounts = {}
-    for a in ACCOUNTS:
-        token = f"IGAAha-{a}"
-        sandbox.add_token(token, a)  # type: ignore[attr-defined]
-        accounts[a] = AccountConfig(a, token)
+    accounts = sandbox_accounts(sandbox, ACCOUNTS)
     prefix = f"dmwt{uuid.uuid4().hex[:10]}"
     s = Settings.from_env({}).with_overrides(
         redis_url=cluster.url,
@@ -57,13 +61,7 @@ def csettings(cluster: Cluster, broker: PlainRedis, sandbox: object) -> Iterator
         graph_url=sandbox.url + "/v25.0",  # type: ignore[attr-defined]
         accounts=accounts,
         default_account=ACCOUNTS[0],
-        http_connect_timeout_s=1.0,
-        http_read_timeout_s=2.0,
-        lease_ms=4_000,
-        dispatch_grace_ms=2_000,
-        backoff_base_ms=50,
-        backoff_cap_ms=500,
-        scheduler_tick_ms=20,
+        **TEST_TIMINGS,
         rates={**Settings().rates, "text": Rate(5000, 1)},
     )
     yield s

@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from ha_servers import SentinelSet, redis_server_binary, spread_accounts, worker_scenario
+from conftest import TEST_TIMINGS
+from ha_servers import SentinelSet, redis_server_binary, sandbox_accounts, spread_accounts, worker_scenario
 
 from dmworker import redisconn
 from dmworker.celery_app import celery_config
 from dmworker.errors import RedisUnavailableError
 from dmworker.outbox import Outbox
-from dmworker.settings import AccountConfig, ConfigError, Rate, Settings
+from dmworker.settings import ConfigError, Rate, Settings
 from dmworker.testing import Accounting, ProcessGroup, wait_until
 
 pytestmark = pytest.mark.skipif(redis_server_binary() is None, reason="no redis-server binary found")
@@ -29,11 +30,7 @@ REPLICATION_WINDOW_MS = 1000
 
 
 def _settings(url: str, sandbox: Any) -> Settings:
-    accounts = {}
-    for a in ACCOUNTS:
-        token = f"IGAAha-{a}"
-        sandbox.add_token(token, a)
-        accounts[a] = AccountConfig(a, token)
+    accounts = sandbox_accounts(sandbox, ACCOUNTS)
     return Settings.from_env(
         {}
     ).with_overrides(
@@ -43,13 +40,7 @@ def _settings(url: str, sandbox: Any) -> Settings:
         graph_url=sandbox.url + "/v25.0",
         accounts=accounts,
         default_account=ACCOUNTS[0],
-        http_connect_timeout_s=1.0,
-        http_read_timeout_s=2.0,
-        lease_ms=4_000,
-        dispatch_grace_ms=2_000,
-        backoff_base_ms=50,
-        backoff_cap_ms=500,
-        scheduler_tick_ms=20,
+        **TEST_TIMINGS,
         max_attempts=30,
         rates={**Settings().rates, "text": Rate(5000, 1)},
     )

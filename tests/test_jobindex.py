@@ -11,10 +11,7 @@ from conftest import ACCOUNT, TOKEN
 
 from dmworker import jobindex
 from dmworker.admin import DeadLetters
-from dmworker.lanes import LaneStore
 from dmworker.lifecycle import normalize
-from dmworker.outbox import Outbox
-from dmworker.worker import LaneWorker
 
 DAY_MS = 86_400_000
 
@@ -22,23 +19,6 @@ DAY_MS = 86_400_000
 @pytest.fixture
 def lsettings(settings):
     return settings.with_overrides(window_policy="trust", retention_s=86400, dlq_retention_s=2 * 86400)
-
-
-@pytest.fixture
-def store(lsettings, rdb):
-    return LaneStore(lsettings, rdb)
-
-
-@pytest.fixture
-def outbox(lsettings, rdb):
-    return Outbox(settings=lsettings, client=rdb, publish=lambda a, r: None)
-
-
-@pytest.fixture
-def worker(lsettings, store):
-    w = LaneWorker(lsettings, store)
-    yield w
-    w.clients.close()
 
 
 def _index(rdb, store) -> set[str]:

@@ -24,28 +24,6 @@ DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 
 
-@pytest.fixture
-def lsettings(settings):
-    return settings.with_overrides(window_policy="trust")
-
-
-@pytest.fixture
-def store(lsettings, rdb):
-    return LaneStore(lsettings, rdb)
-
-
-@pytest.fixture
-def outbox(lsettings, rdb):
-    return Outbox(settings=lsettings, client=rdb, publish=lambda a, r: None)
-
-
-@pytest.fixture
-def worker(lsettings, store):
-    w = LaneWorker(lsettings, store)
-    yield w
-    w.clients.close()
-
-
 def _states(ob: Outbox, ids) -> list[str]:
     return [ob.status(i).state for i in ids]
 

@@ -429,17 +429,23 @@ def _searched_accounts(account: str) -> tuple[list[str], str | None]:
         return [], str(e)
 
 
-@bp.get("/dlq/bulk")
-def dlq_bulk_confirm() -> ResponseReturnValue:
-    store = ctx().store
-    action = flask.request.args.get("action", "")
+def _bulk_target() -> tuple[str, str, dash.DeadQuery, str, list[str]]:
+    """A bulk action's request: action, the account named (or ""), the dead-letter query, ``since``
+    as typed, and the accounts it covers — every one writable by the user (else 403)."""
+    action = flask.request.values.get("action", "")
     if action not in ("replay", "purge"):
         raise dash.SearchError("action must be replay or purge")
     account, q, since_raw = _dead_query()
-    accounts = dash.search_accounts(store, account, _scope_accounts())
+    accounts = dash.search_accounts(ctx().store, account, _scope_accounts())
     for a in accounts:
         _may_write(a)
-    count = dash.search_dead(store, accounts, q, limit=1).total or 0
+    return action, account, q, since_raw, accounts
+
+
+@bp.get("/dlq/bulk")
+def dlq_bulk_confirm() -> ResponseReturnValue:
+    action, account, q, since_raw, accounts = _bulk_target()
+    count = dash.search_dead(ctx().store, accounts, q, limit=1).total or 0
     return _page(
         "dlq_confirm.html",
         action=action,
@@ -454,13 +460,7 @@ def dlq_bulk_confirm() -> ResponseReturnValue:
 @bp.post("/dlq/bulk")
 def dlq_bulk() -> ResponseReturnValue:
     store = ctx().store
-    action = flask.request.form.get("action", "")
-    if action not in ("replay", "purge"):
-        raise dash.SearchError("action must be replay or purge")
-    account, q, since_raw = _dead_query()
-    accounts = dash.search_accounts(store, account, _scope_accounts())
-    for a in accounts:
-        _may_write(a)
+    action, account, q, since_raw, accounts = _bulk_target()
     dl = ctx().dead_letters
     done = 0
     started = time.monotonic()
